@@ -1,0 +1,57 @@
+"""Loss plugins shared by the MNIST and ImageNet graphs."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scmgen.plugins import AdversarialLoss, Loss, NodeInfo
+
+
+class LeastSquaresGAN(AdversarialLoss):
+    """LSGAN: the generator pushes D(fake) to 1; the critic loss is (D(real)->1 + D(fake)->0)/2."""
+
+    def generator_loss(self, critic: nn.Module, fake: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
+        d = critic(fake, label)
+        return F.mse_loss(d, torch.ones_like(d))
+
+    def critic_loss(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                    real_label: torch.Tensor | None, fake_label: torch.Tensor | None) -> torch.Tensor:
+        d_real, d_fake = critic(real, real_label), critic(fake, fake_label)
+        return (F.mse_loss(d_real, torch.ones_like(d_real)) + F.mse_loss(d_fake, torch.zeros_like(d_fake))) / 2
+
+
+class BinaryMask(Loss):
+    """Mean binary entropy (log2) of the mask: pushes every pixel to 0 or 1, so the mask says
+    clearly what is object and what is background."""
+
+    roles = ("mask",)
+
+    def forward(self, mask: torch.Tensor) -> torch.Tensor:
+        m = mask.float()
+        return -(m * torch.log2(m) + (1 - m) * torch.log2(1 - m)).mean()
+
+
+class MaskInterval(Loss):
+    """Hinge keeping each image's mean mask within [low, high]: no empty or full masks."""
+
+    roles = ("mask",)
+
+    def __init__(self, inputs: dict[str, NodeInfo], low: float = 0.1, high: float = 0.9) -> None:
+        super().__init__(inputs)
+        if not 0 <= low < high <= 1:
+            raise ValueError(f"expected 0 <= low < high <= 1, got low={low}, high={high}")
+        self.low, self.high = low, high
+
+    def forward(self, mask: torch.Tensor) -> torch.Tensor:
+        mean = mask.float().flatten(1).mean(1)
+        return (F.relu(self.low - mean) + F.relu(mean - self.high)).mean()
+
+
+class L1(Loss):
+    """Mean absolute error to a target node (reconstruction of a teacher's pseudo ground truth)."""
+
+    roles = ("input", "target")
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.l1_loss(input, target.detach())

@@ -1,0 +1,97 @@
+"""Small class-conditional convolutional generators: the MNIST CGN's shape, texture and
+background mechanisms (reference recipe: noise + label embedding -> linear -> 8x8 -> x2 upsampling
+blocks), and the plain conditional generator of the GAN baseline."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from scmgen.plugins import Mechanism, NodeInfo, check_shape
+
+
+def up_block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+                         nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True))
+
+
+class ConditionalGenerator(Mechanism):
+    """(noise, label) -> image in [-1, 1]: Linear -> (C, s, s) -> upsampling blocks -> conv -> tanh."""
+
+    roles = ("noise", "label")
+
+    def __init__(self, inputs: dict[str, NodeInfo], width: int = 32, init_size: int = 8, out_size: int = 32,
+                 channels: int = 3) -> None:
+        super().__init__(inputs)
+        if inputs["noise"].kind != "noise" or inputs["label"].kind != "label":
+            raise ValueError("input 'noise' must be a noise node and 'label' a label node")
+        steps = math.log2(out_size / init_size)
+        if steps < 1 or steps != int(steps):
+            raise ValueError(f"out_size/init_size must be a power of two >= 2, got {out_size}/{init_size}")
+        self.classes, self.noise_dim = inputs["label"].classes, inputs["noise"].dim
+        self.init_size, self.out_size = init_size, out_size
+        self.embed = nn.Embedding(self.classes, self.classes)
+        self.fc = nn.Linear(self.noise_dim + self.classes, 2 * width * init_size ** 2)
+        self.body = nn.Sequential(*self.blocks(2 * width, width, int(steps)))
+        self.head = self.make_head(width, channels)
+
+    @staticmethod
+    def blocks(cin: int, width: int, n: int) -> list[nn.Module]:
+        """64 -> 64 -> ... -> 32: width doubled until the last block (reference layout)."""
+        chans = [cin] * n + [width]
+        return [up_block(chans[i], chans[i + 1]) for i in range(n)]
+
+    def make_head(self, width: int, channels: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(width, channels, 3, padding=1), nn.Tanh())
+
+    def features(self, noise: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        check_shape("noise", noise, (None, self.noise_dim))
+        check_shape("label", label, (noise.shape[0],))
+        h = self.fc(torch.cat([noise, self.embed(label)], dim=1))
+        return self.body(h.view(h.shape[0], -1, self.init_size, self.init_size))
+
+    def forward(self, noise: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(noise, label))
+
+
+class MaskGenerator(ConditionalGenerator):
+    """The shape mechanism: a one-channel mask in [1e-4, 0.9999] (instance norm, then clamp;
+    no sigmoid, as in the reference: the clamp lets the mask saturate to hard 0/1 quickly)."""
+
+    def __init__(self, inputs: dict[str, NodeInfo], width: int = 32, init_size: int = 8, out_size: int = 32) -> None:
+        super().__init__(inputs, width, init_size, out_size, channels=1)
+
+    @staticmethod
+    def blocks(cin: int, width: int, n: int) -> list[nn.Module]:
+        chans = [cin] + [width] * n
+        return [up_block(chans[i], chans[i + 1]) for i in range(n)]
+
+    def make_head(self, width: int, channels: int) -> nn.Module:
+        return nn.Sequential(nn.Conv2d(width, 1, 3, padding=1), nn.InstanceNorm2d(1))
+
+    def forward(self, noise: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(noise, label)).float().clamp(1e-4, 0.9999)  # fp32: bf16 rounds 0.9999 to 1
+
+
+class TextureGenerator(ConditionalGenerator):
+    """A texture mechanism with CGN's MNIST texture bias: in training the map is tiled 2x2 and a
+    random window cropped (a random cyclic shift per sample), so it cannot carry the digit's shape.
+    At evaluation it is deterministic, so counterfactuals reuse exactly the same texture.
+    Used for the foreground and, in scmgen's recipes, the background too: then the mask is the
+    only mechanism that can place structure, which is what makes the shape disentangle fast."""
+
+    def forward(self, noise: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        x = super().forward(noise, label)
+        return random_cyclic_shift(x) if self.training else x
+
+
+def random_cyclic_shift(x: torch.Tensor) -> torch.Tensor:
+    """Roll each image by its own random (dy, dx), wrapping around: a crop of the 2x2 tiling."""
+    b, c, h, w = x.shape
+    dy = torch.randint(h, (b,), device=x.device)
+    dx = torch.randint(w, (b,), device=x.device)
+    rows = (torch.arange(h, device=x.device)[None, :] + dy[:, None]) % h  # (B, H)
+    cols = (torch.arange(w, device=x.device)[None, :] + dx[:, None]) % w  # (B, W)
+    idx = (rows[:, :, None] * w + cols[:, None, :]).view(b, 1, h * w).expand(-1, c, -1)
+    return x.flatten(2).gather(2, idx).view_as(x)

@@ -1,0 +1,3 @@
+from scmgen.cli import main
+
+main()

@@ -1,0 +1,74 @@
+"""Base classes that plugins subclass: what a mechanism, a critic and a loss look like to the engine."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What a plugin may know about a parent when it is built (sizes, not values)."""
+
+    name: str
+    kind: str  # "noise" | "label" | "mechanism" | "data"
+    dim: int | None = None  # noise size
+    classes: int | None = None  # label classes
+
+
+class ShapeMismatch(ValueError):
+    """A tensor reaching a plugin does not have the shape that plugin expects."""
+
+
+def check_shape(role: str, tensor: torch.Tensor, expected: Sequence[int | None]) -> None:
+    """Raise `ShapeMismatch` unless `tensor` matches `expected` (None = any size)."""
+    shape = tuple(tensor.shape)
+    ok = len(shape) == len(expected) and all(e is None or e == s for e, s in zip(expected, shape))
+    if not ok:
+        want = "(" + ", ".join("*" if e is None else str(e) for e in expected) + ")"
+        raise ShapeMismatch(f"input '{role}' has shape {shape}, expected {want}")
+
+
+class Mechanism(nn.Module):
+    """A node's structural equation. Subclasses set `roles`, the input roles they need, and
+    implement `forward(**inputs)` returning one tensor."""
+
+    roles: ClassVar[tuple[str, ...]] = ()
+    optional_roles: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, inputs: dict[str, NodeInfo]) -> None:
+        super().__init__()
+        self.input_info = inputs
+
+
+class Loss(nn.Module):
+    """A differentiable objective over named inputs; the engine multiplies it by its weight."""
+
+    roles: ClassVar[tuple[str, ...]] = ()
+    optional_roles: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, inputs: dict[str, NodeInfo], **params: Any) -> None:
+        super().__init__()
+        if params:
+            raise TypeError(f"unexpected parameter(s): {', '.join(sorted(params))}")
+        self.input_info = inputs
+
+
+class AdversarialLoss(Loss):
+    """A loss with a critic. The trainer calls `generator_loss` in the generator step and
+    `critic_loss` (on detached fakes and the real batch) in the critic step."""
+
+    roles = ("fake",)
+    optional_roles = ("label",)
+
+    def forward(self, critic: nn.Module, fake: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        return self.generator_loss(critic, fake, label)
+
+    def generator_loss(self, critic: nn.Module, fake: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def critic_loss(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
+                    real_label: torch.Tensor | None, fake_label: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError

@@ -1,0 +1,40 @@
+"""Where a result came from: commit, versions, machine. Written into every checkpoint and result."""
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import scmgen
+
+
+def git_commit() -> str:
+    """The commit of the scmgen checkout, with '+dirty' when it has uncommitted changes."""
+    root = Path(scmgen.__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_metadata(device: str | torch.device = "cpu", **extra: Any) -> dict[str, Any]:
+    return {
+        "scmgen": scmgen.__version__,
+        "commit": git_commit(),
+        "command": " ".join(sys.argv),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "machine": f"{platform.machine()} {platform.system()}, {torch.get_num_threads()} threads",
+        "device": str(device),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **extra,
+    }

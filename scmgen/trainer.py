@@ -1,0 +1,343 @@
+"""One trainer for every graph: per-mechanism optimisers, weighted loss plugins, optional critics.
+
+A step is: draw a real batch, sample the exogenous nodes (root labels conditioned on the batch
+where `train.condition` says so), run the SCM, sum the weighted losses, step the mechanisms'
+optimisers (generator step first, as in the reference), then step each critic on the same batch.
+Everything random comes from the global torch RNG and a per-epoch data permutation, both saved in
+checkpoints, so a resumed run repeats an uninterrupted one bit for bit on CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from scmgen import registry
+from scmgen.checkpoint import (atomic_directory, atomic_write_text, load_module, read_json, safe_torch_load,
+                               save_module)
+from scmgen.data import ImageSet
+from scmgen.errors import ScmgenError, SpecError
+from scmgen.graph import DATA_INPUTS
+from scmgen.model import SCM, build_plugin
+from scmgen.plugins import AdversarialLoss, NodeInfo
+from scmgen.spec import MechanismNode, OptimizerSpec, dump_spec
+
+
+def make_optimizer(params: list[nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
+    if spec.name in ("adam", "adamw"):
+        cls = torch.optim.Adam if spec.name == "adam" else torch.optim.AdamW
+        return cls(params, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay)
+    if spec.name == "sgd":
+        return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    return torch.optim.Adadelta(params, lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class EpochBatches:
+    """Batches of indices: a fresh permutation per epoch, seeded by (seed, epoch), so the
+    position (epoch, offset) alone restores the data order."""
+
+    def __init__(self, n: int, batch_size: int, seed: int) -> None:
+        if n < batch_size:
+            raise ScmgenError(f"the data set has {n} images, fewer than one batch of {batch_size}")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.epoch, self.offset = 0, 0
+        self._perm = self._permutation()
+
+    def _permutation(self) -> torch.Tensor:
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + self.epoch))
+
+    def next(self) -> torch.Tensor:
+        if self.offset + self.batch_size > self.n:
+            self.epoch, self.offset = self.epoch + 1, 0
+            self._perm = self._permutation()
+        idx = self._perm[self.offset:self.offset + self.batch_size]
+        self.offset += self.batch_size
+        return idx
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def restore(self, state: dict[str, int]) -> None:
+        self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
+        self._perm = self._permutation()
+
+
+@dataclass
+class LossTerm:
+    name: str
+    module: nn.Module
+    weight: float
+    inputs: dict[str, str]
+    critic: nn.Module | None = None
+    critic_opt: torch.optim.Optimizer | None = None
+
+
+@dataclass
+class TrainResult:
+    step: int
+    total_steps: int
+    seconds: float
+    interrupted: bool
+    last_losses: dict[str, float] = field(default_factory=dict)
+
+
+class Trainer:
+    """Train `model` on `data` as its spec's `train` and `losses` sections say, writing into `out`."""
+
+    def __init__(self, model: SCM, data: ImageSet | None, out: str | Path, device: str | None = None,
+                 progress: bool = True, tensorboard: bool = True) -> None:
+        self.model, self.data, self.out = model, data, Path(out)
+        self.spec = model.spec
+        self.tcfg = self.spec.train
+        self.device = torch.device(device or self.tcfg.device)
+        self.progress, self.tensorboard = progress, tensorboard
+        if any(t == "data.image" or t == "data.label" for ls in self.spec.losses.values() for t in ls.inputs.values()) \
+                or self.tcfg.condition or any(ls.critic for ls in self.spec.losses.values()):
+            if data is None:
+                raise SpecError(model.source, "data", "training this graph needs a data set")
+        torch.manual_seed(self.tcfg.seed)
+        self.model.to(self.device).train()
+        self.terms = [self._build_term(name) for name in self.spec.losses]
+        if not self.terms:
+            raise SpecError(model.source, "losses", "nothing to train: the graph has no losses")
+        self.optimizers = {
+            name: make_optimizer(list(m.parameters()), self.tcfg.optimizers.get(name, self.tcfg.optimizer))
+            for name, m in model.mechanisms.items()
+            if self.spec.nodes[name].trainable and any(p.requires_grad for p in m.parameters())}
+        n = len(data) if data is not None else 1 << 30
+        self.batches = EpochBatches(n, self.tcfg.batch_size, self.tcfg.seed)
+        per_step = self.tcfg.batch_size * self.tcfg.accumulate
+        self.total_steps = self.tcfg.steps or max(1, math.ceil((self.tcfg.epochs or 1.0) * n / per_step))
+        self.step = 0
+
+    def _node_info(self, ref: str) -> NodeInfo:
+        return NodeInfo(ref, "data") if ref in DATA_INPUTS else self.model.node_info(ref)
+
+    def _build_term(self, name: str) -> LossTerm:
+        ls = self.spec.losses[name]
+        inputs = {role: self._node_info(ref) for role, ref in ls.inputs.items()}
+        module = build_plugin("losses", ls.plugin, inputs, ls.params, self.model.source, f"losses.{name}")
+        term = LossTerm(name, module.to(self.device), ls.weight, dict(ls.inputs))
+        if isinstance(module, AdversarialLoss):
+            if ls.critic is None:
+                raise SpecError(self.model.source, f"losses.{name}.critic", f"adversarial loss '{ls.plugin}' needs a critic")
+            label = inputs.get("label")
+            critic = self._build_critic(name, label.classes if label else None)
+            term.critic = critic.to(self.device)
+            term.critic_opt = make_optimizer(list(critic.parameters()), ls.critic.optimizer or self.tcfg.optimizer)
+        elif ls.critic is not None:
+            raise SpecError(self.model.source, f"losses.{name}.critic", f"loss '{ls.plugin}' takes no critic")
+        return term
+
+    def _build_critic(self, name: str, classes: int | None) -> nn.Module:
+        ls = self.spec.losses[name]
+        cls = registry.get("critics", ls.critic.plugin)
+        try:
+            return cls(classes, **ls.critic.params)
+        except (TypeError, ValueError) as e:
+            raise SpecError(self.model.source, f"losses.{name}.critic.params", f"plugin '{ls.critic.plugin}': {e}") from None
+
+    # -- one step ---------------------------------------------------------------------------
+    def _inputs(self, term: LossTerm, values: dict[str, torch.Tensor], real: torch.Tensor | None,
+                label: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        batch = {"data.image": real, "data.label": label}
+        return {role: batch[ref] if ref in batch else values[ref] for role, ref in term.inputs.items()}
+
+    def train_step(self) -> dict[str, float]:
+        """One optimiser step (over `accumulate` micro-batches); returns the weighted losses."""
+        accumulate = self.tcfg.accumulate
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        for term in self.terms:
+            if term.critic is not None:
+                term.critic.requires_grad_(False)
+        logged: dict[str, float] = {}
+        kept: list[tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]] = []
+        for _ in range(accumulate):
+            real = label = None
+            if self.data is not None:
+                real, label = self.data.batch(self.batches.next())
+                real, label = real.to(self.device, non_blocking=True), label.to(self.device)
+            exo = self.model.sample_exogenous(self.tcfg.batch_size)
+            for node in self.tcfg.condition:
+                exo[node] = label
+            with autocast(self.device, self.tcfg.precision):
+                values = self.model(exo)
+                total = torch.zeros((), device=self.device)
+                for term in self.terms:
+                    inputs = self._inputs(term, values, real, label)
+                    loss = term.module(term.critic, **inputs) if term.critic is not None else term.module(**inputs)
+                    total = total + term.weight * loss.float()
+                    logged[term.name] = logged.get(term.name, 0.0) + term.weight * loss.item() / accumulate
+            (total / accumulate).backward()
+            kept.append(({k: v.detach() for k, v in values.items()}, real, label))
+        for opt in self.optimizers.values():
+            opt.step()
+        for term in self.terms:
+            if term.critic is not None:
+                logged[f"{term.name}.critic"] = self._critic_step(term, kept)
+        self.step += 1
+        return logged
+
+    def _critic_step(self, term: LossTerm, kept: list[tuple[dict[str, torch.Tensor], Any, Any]]) -> float:
+        assert term.critic is not None and term.critic_opt is not None
+        term.critic.requires_grad_(True)
+        term.critic_opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for values, real, label in kept:
+            inputs = self._inputs(term, values, real, label)
+            with autocast(self.device, self.tcfg.precision):
+                loss = term.module.critic_loss(term.critic, real, inputs["fake"], label, inputs.get("label"))
+            (loss.float() / len(kept)).backward()
+            total += loss.item() / len(kept)
+        term.critic_opt.step()
+        return total
+
+    # -- checkpoints ------------------------------------------------------------------------
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.out / "checkpoints"
+
+    def save_checkpoint(self) -> Path:
+        """Write checkpoints/step_N atomically, point `latest` at it, drop the oldest extras."""
+        target = self.checkpoint_root / f"step_{self.step:07d}"
+        with atomic_directory(target) as tmp:
+            self.model.write_into(tmp, {"step": self.step, "seed": self.tcfg.seed, "total_steps": self.total_steps})
+            for term in self.terms:
+                if term.critic is not None:
+                    save_module(term.critic, tmp / f"critic.{term.name}.safetensors")
+            state = {
+                "step": self.step,
+                "batches": self.batches.state(),
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "critic_optimizers": {t.name: t.critic_opt.state_dict() for t in self.terms if t.critic_opt},
+                "rng": torch.get_rng_state(),
+            }
+            if self.device.type == "cuda":
+                state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+            torch.save(state, tmp / "trainer_state.pt")
+        atomic_write_text(self.checkpoint_root / "latest", target.name + "\n")
+        kept = sorted(p for p in self.checkpoint_root.glob("step_*") if p.is_dir())
+        for old in kept[:-self.tcfg.keep_checkpoints]:
+            if old != target:
+                for f in old.iterdir():
+                    f.unlink()
+                old.rmdir()
+        return target
+
+    def resume(self) -> int:
+        """Restore the latest checkpoint in `out`; returns its step (0 when there is none)."""
+        latest = self.checkpoint_root / "latest"
+        if not latest.exists():
+            return 0
+        ckpt = self.checkpoint_root / latest.read_text().strip()
+        source = str(ckpt)
+        stored = (ckpt / "graph.yaml").read_text() if (ckpt / "graph.yaml").exists() else ""
+        mine = dump_spec(self.spec)
+        if _architecture(stored) != _architecture(mine):
+            raise SpecError(source, "graph.yaml", f"checkpoint is for a different graph than '{self.model.source}' "
+                            "(nodes, losses or data differ); use another --out or the same graph")
+        for name, module in self.model.mechanisms.items():
+            if any(True for _ in module.state_dict()):
+                load_module(module, ckpt / f"{name}.safetensors", source)
+        for term in self.terms:
+            if term.critic is not None:
+                load_module(term.critic, ckpt / f"critic.{term.name}.safetensors", source)
+        state = safe_torch_load(ckpt / "trainer_state.pt", source)
+        for k, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][k])
+        for term in self.terms:
+            if term.critic_opt is not None:
+                term.critic_opt.load_state_dict(state["critic_optimizers"][term.name])
+        self.batches.restore(state["batches"])
+        torch.set_rng_state(state["rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.step = int(state["step"])
+        read_json(ckpt / "meta.json", source)
+        return self.step
+
+    # -- the loop ---------------------------------------------------------------------------
+    def fit(self, on_sample: Any = None) -> TrainResult:
+        """Run to `total_steps`, checkpointing as configured; Ctrl-C saves a checkpoint and returns."""
+        interrupted = False
+        stop = {"now": False}
+        previous = signal.getsignal(signal.SIGINT)
+
+        def request_stop(signum: int, frame: Any) -> None:
+            stop["now"] = True
+
+        in_main = _is_main_thread()
+        if in_main:
+            signal.signal(signal.SIGINT, request_stop)
+        writer = self._writer()
+        start, start_step = time.perf_counter(), self.step
+        losses: dict[str, float] = {}
+        try:
+            with self._progress() as progress:
+                task = progress.add_task(self.spec.name, total=self.total_steps, completed=self.step, losses="")
+                while self.step < self.total_steps:
+                    losses = self.train_step()
+                    if self.step % self.tcfg.log_every == 0 or self.step == self.total_steps:
+                        if writer is not None:
+                            for k, v in losses.items():
+                                writer.add_scalar(f"loss/{k}", v, self.step)
+                        progress.update(task, losses=" ".join(f"{k}={v:.3f}" for k, v in losses.items()))
+                    progress.update(task, completed=self.step)
+                    if self.tcfg.sample_every and self.step % self.tcfg.sample_every == 0 and on_sample:
+                        on_sample(self, writer)
+                    if self.tcfg.checkpoint_every and self.step % self.tcfg.checkpoint_every == 0:
+                        self.save_checkpoint()
+                    if stop["now"]:
+                        interrupted = True
+                        break
+            if interrupted or not self.tcfg.checkpoint_every or self.step % self.tcfg.checkpoint_every:
+                self.save_checkpoint()
+        finally:
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
+            if writer is not None:
+                writer.close()
+        self.model.eval()
+        return TrainResult(self.step, self.total_steps, time.perf_counter() - start, interrupted, losses)
+
+    def _writer(self) -> Any:
+        if not self.tensorboard:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+    def _progress(self) -> Any:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+            TimeRemainingColumn
+
+        return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                        TextColumn("{task.fields[losses]}"), disable=not self.progress, transient=False)
+
+
+def _architecture(graph_yaml: str) -> Any:
+    import yaml
+
+    raw = yaml.safe_load(graph_yaml) or {}
+    return {k: raw.get(k) for k in ("nodes", "output", "losses", "data")}
+
+
+def _is_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
