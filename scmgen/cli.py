@@ -75,8 +75,10 @@ class Main(click.Group):
 
 @click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.option("--random-init", is_flag=True,
+              help="Use random weights where pretrained ones are missing (outputs say so).")
 @click.version_option(package_name="scmgen")
-def cli(debug: bool) -> None:
+def cli(debug: bool, random_init: bool) -> None:
     """scmgen: causal generative models of images.
 
     \b
@@ -87,6 +89,9 @@ def cli(debug: bool) -> None:
       scmgen generate runs/wild --n 100000 --per-shape 10 --out data/wild_cf
       scmgen validate graphs/*.yaml
     """
+    from scmgen.weights import set_random_init
+
+    set_random_init(random_init)
 
 
 set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",

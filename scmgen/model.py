@@ -20,6 +20,7 @@ from scmgen.graph import build_graph, descendants, parents_of, topological_order
 from scmgen.interventions import DoValue, check_intervenable, value_tensor
 from scmgen.plugins import Mechanism, NodeInfo, ShapeMismatch
 from scmgen.provenance import run_metadata
+from scmgen.weights import MissingWeights, used_random_init
 from scmgen.spec import GraphSpec, LabelNode, MechanismNode, NoiseNode, apply_overrides, dump_spec, parse_spec, read_yaml
 
 Values = dict[str, torch.Tensor]
@@ -44,7 +45,7 @@ def build_plugin(kind: str, plugin: str, inputs: dict[str, NodeInfo], params: di
         raise SpecError(source, f"{field}.params", f"plugin '{plugin}': {e}") from None
     try:
         return cls(inputs, **params)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, MissingWeights) as e:
         raise SpecError(source, f"{field}.params", f"plugin '{plugin}': {e}") from None
 
 
@@ -61,6 +62,7 @@ class SCM(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.train.seed)  # the same spec and seed give the same initial weights
             self._build_mechanisms()
+        self.random_init = used_random_init()  # pretrained weights replaced by random ones (--random-init)
 
     def _build_mechanisms(self) -> None:
         spec, source = self.spec, self.source
@@ -91,6 +93,22 @@ class SCM(nn.Module):
         if isinstance(node, LabelNode):
             return NodeInfo(name, "label", classes=node.classes)
         return NodeInfo(name, "mechanism")
+
+    def train(self, mode: bool = True) -> "SCM":
+        """Frozen mechanisms (trainable: false) stay in eval mode: a teacher's batch-norm
+        statistics must not drift while the others train."""
+        super().train(mode)
+        for name, module in self.mechanisms.items():
+            if not self.spec.nodes[name].trainable:
+                module.eval()
+        return self
+
+    def saved_mechanisms(self) -> dict[str, nn.Module]:
+        """Mechanisms whose weights a checkpoint holds: trainable ones with a state. Frozen ones
+        are rebuilt from their spec (pretrained files from the weights cache, or the seeded
+        random initialisation), so a checkpoint never copies a teacher's hundreds of MB."""
+        return {name: m for name, m in self.mechanisms.items()
+                if self.spec.nodes[name].trainable and any(True for _ in m.state_dict())}
 
     @property
     def device(self) -> torch.device:
@@ -194,10 +212,10 @@ class SCM(nn.Module):
 
     def write_into(self, directory: Path, extra_meta: dict[str, Any] | None = None) -> None:
         (directory / "graph.yaml").write_text(dump_spec(self.spec))
-        for name, module in self.mechanisms.items():
-            if any(True for _ in module.state_dict()):
-                save_module(module, directory / f"{name}.safetensors")
-        write_json(directory / "meta.json", run_metadata(self.device, graph=self.spec.name, **(extra_meta or {})))
+        for name, module in self.saved_mechanisms().items():
+            save_module(module, directory / f"{name}.safetensors")
+        write_json(directory / "meta.json", run_metadata(self.device, graph=self.spec.name,
+                                                         random_init=self.random_init, **(extra_meta or {})))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "SCM":
@@ -209,7 +227,6 @@ class SCM(nn.Module):
                             else "is a file, expected a checkpoint directory")
         model = cls(parse_spec(read_yaml(directory / "graph.yaml"), str(directory / "graph.yaml")), source)
         model.meta = read_json(directory / "meta.json", source)
-        for name, module in model.mechanisms.items():
-            if any(True for _ in module.state_dict()):
-                load_module(module, directory / f"{name}.safetensors", source)
+        for name, module in model.saved_mechanisms().items():
+            load_module(module, directory / f"{name}.safetensors", source)
         return model.to(device).eval()

@@ -27,7 +27,7 @@ from scmgen.errors import ScmgenError, SpecError
 from scmgen.graph import DATA_INPUTS
 from scmgen.model import SCM, build_plugin
 from scmgen.plugins import AdversarialLoss, NodeInfo
-from scmgen.spec import MechanismNode, OptimizerSpec, dump_spec
+from scmgen.spec import OptimizerSpec, dump_spec
 
 
 def make_optimizer(params: list[nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
@@ -250,9 +250,8 @@ class Trainer:
         if _architecture(stored) != _architecture(mine):
             raise SpecError(source, "graph.yaml", f"checkpoint is for a different graph than '{self.model.source}' "
                             "(nodes, losses or data differ); use another --out or the same graph")
-        for name, module in self.model.mechanisms.items():
-            if any(True for _ in module.state_dict()):
-                load_module(module, ckpt / f"{name}.safetensors", source)
+        for name, module in self.model.saved_mechanisms().items():
+            load_module(module, ckpt / f"{name}.safetensors", source)
         for term in self.terms:
             if term.critic is not None:
                 load_module(term.critic, ckpt / f"critic.{term.name}.safetensors", source)
