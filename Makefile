@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
+	rm -rf runs/demo
 	$(VENV)/bin/scmgen train --out runs/demo
 
 test: $(STAMP)

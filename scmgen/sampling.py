@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,14 +15,14 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from scmgen.checkpoint import atomic_directory, write_json
+from scmgen.checkpoint import check_writable_parent, fsync_dir, fsync_tree, write_json
 from scmgen.data import to_uint8
 from scmgen.errors import UsageError
 from scmgen.images import grid_image
 from scmgen.interventions import DoValue
 from scmgen.model import SCM
 from scmgen.provenance import run_metadata
-from scmgen.spec import LabelNode
+from scmgen.spec import LabelNode, dump_spec
 from scmgen.trainer import autocast
 
 
@@ -71,6 +74,7 @@ class GenerateResult:
     out: Path
     images: int
     seconds: float
+    resumed_parts: int = 0
 
 
 def resampled_noise(model: SCM, keep: str) -> list[str]:
@@ -82,65 +86,137 @@ def resampled_noise(model: SCM, keep: str) -> list[str]:
     return [x for x in model.exogenous if x not in kept and model.spec.nodes[x].kind == "noise"]
 
 
+@torch.inference_mode()
+def counterfactual_batch(model: SCM, groups: int, per_shape: int, generator: torch.Generator,
+                         precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """groups * per_shape images as uint8, and their intervenable labels (one column each).
+    Each factual draw keeps its first label's mechanism (the mask, computed once per group) and
+    gets new labels and new noise for every other mechanism."""
+    labels = intervenable_labels(model)
+    keep, others = labels[0], labels[1:]
+    m = groups * per_shape
+    factual = model(model.sample_exogenous(groups, generator))
+    factual = {k: v.repeat_interleave(per_shape, 0) for k, v in factual.items()}
+    do = {c: torch.randint(model.spec.nodes[c].classes, (m,), generator=generator) for c in others}
+    fresh = model.sample_exogenous(m, generator)
+    with autocast(model.device, precision):
+        values = model.counterfactual(factual, do, {k: fresh[k] for k in resampled_noise(model, keep)})
+    return to_uint8(values[model.spec.output]).cpu(), torch.stack([values[c].cpu() for c in labels], 1)
+
+
+def _write_png_part(folder: Path, part: int, first: int, images: torch.Tensor, table: torch.Tensor) -> None:
+    rows = []
+    for i in range(images.shape[0]):
+        name = f"images/{first + i:07d}.png"
+        Image.fromarray(images[i].permute(1, 2, 0).numpy()).save(folder / name)
+        rows.append([name, *table[i].tolist()])
+    tmp = folder / "parts" / f".part_{part:05d}.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    tmp.replace(folder / "parts" / f"part_{part:05d}.csv")  # the part's completion marker
+
+
+def _write_shard(folder: Path, part: int, images: torch.Tensor, table: torch.Tensor) -> None:
+    tmp = folder / f".shard_{part:05d}.tmp"
+    save_file({"images": images.contiguous(), "labels": table.contiguous()}, str(tmp))
+    tmp.replace(folder / f"shard_{part:05d}.safetensors")
+
+
+def _part_done(folder: Path, part: int, image_format: str) -> bool:
+    marker = f"parts/part_{part:05d}.csv" if image_format == "png" else f"shard_{part:05d}.safetensors"
+    return (folder / marker).exists()
+
+
 def generate_dataset(model: SCM, n: int, out: str | Path, per_shape: int = 10, seed: int = 0,
-                     batch_size: int = 500, image_format: str = "png", shard_size: int = 10000,
+                     batch_size: int = 500, image_format: str = "png", part_size: int = 10000,
                      precision: str = "fp32", progress: Callable[[int], Any] | None = None) -> GenerateResult:
-    """`n` counterfactual images: each draw of the first intervenable label's mechanism (the
-    mask) is reused `per_shape` times with new labels and new noise for the other mechanisms,
-    so the mask is computed once per group. Written to `out` atomically: PNG files + labels.csv,
-    or uint8 safetensors shards; plus meta.json."""
+    """Write `n` counterfactual images (see `counterfactual_batch`) to `out`: PNG files +
+    labels.csv, or uint8 safetensors shards of `part_size` images; plus meta.json.
+
+    The set is made in parts, each from its own generator seeded by (seed, part), under a hidden
+    `.NAME.partial` folder; a killed run resumes from its finished parts and the result is
+    byte-identical to an uninterrupted run. Only the final rename makes `out` appear."""
     if image_format not in ("png", "safetensors"):
         raise UsageError(f"--format {image_format}: expected png or safetensors")
-    if n <= 0 or per_shape <= 0:
-        raise UsageError("--n and --per-shape must be positive")
-    labels = intervenable_labels(model)
-    if not labels:
+    if n <= 0 or per_shape <= 0 or batch_size <= 0:
+        raise UsageError("--n, --per-shape and --batch-size must be positive")
+    if not intervenable_labels(model):
         raise UsageError(f"graph '{model.spec.name}' has no intervenable label node")
-    keep, others = labels[0], labels[1:]
-    resample = resampled_noise(model, keep)
-    generator = torch.Generator().manual_seed(seed)
-    groups_per_batch = max(1, batch_size // per_shape)
+    out = Path(out)
+    check_writable_parent(out)
+    if out.exists():
+        raise UsageError(f"{out} already exists: remove it or choose another --out")
+    part_size = max(per_shape, part_size - part_size % per_shape)  # groups never straddle parts
+    step = max(per_shape, batch_size - batch_size % per_shape)
+    params = {"graph": dump_spec(model.spec), "weights": _weights_digest(model), "n": n, "per_shape": per_shape,
+              "seed": seed, "format": image_format, "part_size": part_size, "precision": precision}
+    partial = out.parent / f".{out.name}.partial"
+    if partial.exists() and _read_params(partial) != params:
+        shutil.rmtree(partial)
+    (partial / ("parts" if image_format == "png" else "")).mkdir(parents=True, exist_ok=True)
+    if image_format == "png":
+        (partial / "images").mkdir(exist_ok=True)
+    write_json(partial / "params.json", params)
     start = time.perf_counter()
-    done = 0
-    pending: list[tuple[torch.Tensor, torch.Tensor]] = []
-    rows: list[list[Any]] = []
-    with atomic_directory(out) as tmp, torch.inference_mode():
-        if image_format == "png":
-            (tmp / "images").mkdir()
-        while done < n:
-            groups = min(groups_per_batch, -(-(n - done) // per_shape))
-            m = groups * per_shape
-            factual = model(model.sample_exogenous(groups, generator))
-            factual = {k: v.repeat_interleave(per_shape, 0) for k, v in factual.items()}
-            do = {c: torch.randint(model.spec.nodes[c].classes, (m,), generator=generator) for c in others}
-            fresh = model.sample_exogenous(m, generator)
-            with autocast(model.device, precision):
-                values = model.counterfactual(factual, do, {k: fresh[k] for k in resample})
-            take = min(m, n - done)
-            images = to_uint8(values[model.spec.output][:take]).cpu()
-            table = torch.stack([values[c][:take].cpu() for c in labels], 1)
-            if image_format == "png":
-                for i in range(take):
-                    name = f"images/{done + i:07d}.png"
-                    Image.fromarray(images[i].permute(1, 2, 0).numpy()).save(tmp / name)
-                    rows.append([name, *table[i].tolist()])
-            else:
-                pending.append((images, table))
-                if sum(p[0].shape[0] for p in pending) >= shard_size or done + take >= n:
-                    shard = len(list(tmp.glob("shard_*.safetensors")))
-                    save_file({"images": torch.cat([p[0] for p in pending]), "labels": torch.cat([p[1] for p in pending])},
-                              str(tmp / f"shard_{shard:05d}.safetensors"))
-                    pending = []
-            done += take
+    parts = -(-n // part_size)
+    resumed = 0
+    for part in range(parts):
+        size = min(part_size, n - part * part_size)
+        if _part_done(partial, part, image_format):
+            resumed += 1
+            if progress:
+                progress(size)
+            continue
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + part)
+        chunks = []
+        for first in range(0, size, step):
+            groups = -(-min(step, size - first) // per_shape)
+            images, table = counterfactual_batch(model, groups, per_shape, generator, precision)
+            take = min(images.shape[0], size - first)
+            chunks.append((images[:take], table[:take]))
             if progress:
                 progress(take)
+        images, table = torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks])
         if image_format == "png":
-            with open(tmp / "labels.csv", "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(["file", *labels])
-                w.writerows(rows)
-        seconds = time.perf_counter() - start
-        write_json(tmp / "meta.json", run_metadata(model.device, graph=model.spec.name, images=n, per_shape=per_shape,
-                                                   seed=seed, format=image_format, columns=labels,
-                                                   seconds=round(seconds, 3)))
-    return GenerateResult(Path(out), n, seconds)
+            _write_png_part(partial, part, part * part_size, images, table)
+        else:
+            _write_shard(partial, part, images, table)
+    seconds = time.perf_counter() - start
+    _finish(model, partial, out, params, parts, seconds)
+    return GenerateResult(out, n, seconds, resumed)
+
+
+def _finish(model: SCM, partial: Path, out: Path, params: dict[str, Any], parts: int, seconds: float) -> None:
+    columns = intervenable_labels(model)
+    if params["format"] == "png":
+        with open(partial / "labels.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", *columns])
+            for part in range(parts):
+                with open(partial / "parts" / f"part_{part:05d}.csv", newline="") as rows:
+                    writer.writerows(csv.reader(rows))
+        shutil.rmtree(partial / "parts")
+    (partial / "params.json").unlink()
+    meta = {k: v for k, v in params.items() if k not in ("graph", "weights")}
+    write_json(partial / "meta.json", run_metadata(model.device, graph=model.spec.name, columns=columns,
+                                                   images=params["n"], **meta))
+    fsync_tree(partial)
+    partial.rename(out)
+    fsync_dir(out.parent)
+
+
+def _read_params(partial: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((partial / "params.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _weights_digest(model: SCM) -> str:
+    """A fingerprint of the weights, so a partial set of another model is never resumed."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+                 if v.is_floating_point() else v.cpu().numpy().tobytes())
+    return h.hexdigest()

@@ -56,10 +56,15 @@ class ConditionalGenerator(Mechanism):
 
 
 class MaskGenerator(ConditionalGenerator):
-    """The shape mechanism: a one-channel mask in [1e-4, 0.9999] (instance norm, then clamp;
-    no sigmoid, as in the reference: the clamp lets the mask saturate to hard 0/1 quickly)."""
+    """The shape mechanism: a one-channel mask in [1e-4, 0.9999]. `activation: clamp` is the
+    reference (instance norm, then clamp: saturates to hard 0/1 quickly, but clamped pixels get
+    no gradient); `sigmoid` keeps a gradient everywhere."""
 
-    def __init__(self, inputs: dict[str, NodeInfo], width: int = 32, init_size: int = 8, out_size: int = 32) -> None:
+    def __init__(self, inputs: dict[str, NodeInfo], width: int = 32, init_size: int = 8, out_size: int = 32,
+                 activation: str = "clamp") -> None:
+        if activation not in ("clamp", "sigmoid"):
+            raise ValueError(f"activation must be 'clamp' or 'sigmoid', got {activation!r}")
+        self.activation = activation
         super().__init__(inputs, width, init_size, out_size, channels=1)
 
     @staticmethod
@@ -68,10 +73,12 @@ class MaskGenerator(ConditionalGenerator):
         return [up_block(chans[i], chans[i + 1]) for i in range(n)]
 
     def make_head(self, width: int, channels: int) -> nn.Module:
-        return nn.Sequential(nn.Conv2d(width, 1, 3, padding=1), nn.InstanceNorm2d(1))
+        conv = nn.Conv2d(width, 1, 3, padding=1)
+        return nn.Sequential(conv, nn.InstanceNorm2d(1)) if self.activation == "clamp" else conv
 
     def forward(self, noise: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(noise, label)).float().clamp(1e-4, 0.9999)  # fp32: bf16 rounds 0.9999 to 1
+        m = self.head(self.features(noise, label)).float()  # fp32: bf16 rounds 0.9999 to 1
+        return (m if self.activation == "clamp" else torch.sigmoid(m)).clamp(1e-4, 0.9999)
 
 
 class TextureGenerator(ConditionalGenerator):
