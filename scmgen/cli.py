@@ -8,7 +8,9 @@ from typing import Any
 
 import click
 
+from scmgen.classify_cli import classify_command
 from scmgen.errors import ScmgenError, SpecError, UsageError
+from scmgen.weights_cli import weights_group
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GRAPHS_DIR = REPO_ROOT / "graphs"
@@ -43,9 +45,25 @@ def resolve_checkpoint(path: str) -> Path:
 
 
 def load_model(checkpoint: str, device: str) -> Any:
+    """A trained checkpoint, or a graph file (its mechanisms from pretrained weights, as the
+    ImageNet CGN is before fine-tuning). Says so when weights were replaced by random ones."""
     from scmgen.model import SCM
 
-    return SCM.from_pretrained(resolve_checkpoint(checkpoint), device=device)
+    if checkpoint.endswith((".yaml", ".yml")) or (not Path(checkpoint).exists() and not Path(checkpoint).suffix
+                                                   and (GRAPHS_DIR / f"{checkpoint}.yaml").exists()):
+        model = SCM.from_yaml(resolve_graph(checkpoint)).to(device).eval()
+    else:
+        model = SCM.from_pretrained(resolve_checkpoint(checkpoint), device=device)
+    note_random_init(model)
+    return model
+
+
+def note_random_init(model: Any) -> None:
+    from scmgen.weights import used_random_init
+
+    if used_random_init():
+        click.echo(f"note: random weights for {', '.join(used_random_init())} (--random-init): "
+                   "outputs show the pipeline, not a trained model", err=True)
 
 
 class Main(click.Group):
@@ -94,6 +112,15 @@ def cli(debug: bool, random_init: bool) -> None:
     set_random_init(random_init)
 
 
+def _random_init(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        from scmgen.weights import set_random_init
+
+        set_random_init(True)
+
+
+random_init_option = click.option("--random-init", is_flag=True, expose_value=False, callback=_random_init,
+                                  help="Use random weights where pretrained ones are missing (outputs say so).")
 set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
                           help="Override a spec field, e.g. --set train.batch_size=64 (repeatable).")
 device_option = click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the graph's train.device).")
@@ -106,6 +133,7 @@ device_option = click.option("--device", default=None, help="cpu, cuda, cuda:1 .
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
 @device_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@random_init_option
 def train(graph: str, overrides: tuple[str, ...], out: str | None, resume: bool, device: str | None, quiet: bool) -> None:
     """Train GRAPH (a YAML file or a shipped graph name; default: the double-colored MNIST CGN).
 
@@ -134,8 +162,11 @@ def train(graph: str, overrides: tuple[str, ...], out: str | None, resume: bool,
     from scmgen.checkpoint import check_writable_parent
 
     check_writable_parent(out_dir / "model")
+    from scmgen.distributed import cleanup, init_from_env
+
+    info = init_from_env(device or model.spec.train.device)  # torchrun: one process per device
     data = load_dataset(model.spec, str(path)) if model.spec.data else None
-    trainer = Trainer(model, data, out_dir, device=device, progress=not quiet)
+    trainer = Trainer(model, data, out_dir, progress=not quiet, info=info)
     if resume:
         click.echo(f"resumed from step {trainer.resume()}")
 
@@ -149,7 +180,11 @@ def train(graph: str, overrides: tuple[str, ...], out: str | None, resume: bool,
 
             writer.add_image("counterfactuals", np.asarray(image), tr.step, dataformats="HWC")
 
+    note_random_init(model)
     result = trainer.fit(on_sample=on_sample)
+    cleanup()
+    if not info.is_main:
+        return
     model.eval()
     model.save_pretrained(out_dir / "model", {"step": result.step, "seed": model.spec.train.seed,
                                               "train_seconds": round(result.seconds, 2)})
@@ -162,13 +197,21 @@ def train(graph: str, overrides: tuple[str, ...], out: str | None, resume: bool,
 
 
 def _sample_command(checkpoint: str, do_items: tuple[str, ...], n: int, seed: int, out: str | None,
-                    device: str, default_name: str) -> None:
+                    device: str, default_name: str, strict: bool) -> None:
     from scmgen.images import save_image_atomic
-    from scmgen.interventions import parse_do
+    from scmgen.interventions import check_intervenable, parse_do, resolve_class
     from scmgen.sampling import sample_grid
+    from scmgen.spec import LabelNode
 
-    do = parse_do(list(do_items))
+    do: dict[str, Any] = dict(parse_do(list(do_items)))
     model = load_model(checkpoint, device)
+    check_intervenable(model.spec, do)
+    for node, value in do.items():
+        if isinstance(model.spec.nodes[node], LabelNode):
+            resolution = resolve_class(model.spec, node, value, strict=strict)
+            if not value.strip().isdigit():
+                click.echo(f"{node}: {resolution.describe()}")
+            do[node] = resolution.index
     image = sample_grid(model, n, do, seed)
     path = save_image_atomic(image, out or default_name)
     click.echo(f"wrote {path}")
@@ -181,6 +224,7 @@ seed_option = click.option("--seed", default=0, show_default=True, type=int)
 @cli.command()
 @click.argument("checkpoint")
 @click.option("--do", "do_items", multiple=True, metavar="NODE=VALUE", help="Optional interventions.")
+@random_init_option
 @n_option
 @seed_option
 @click.option("--out", default=None, help="PNG path (default: samples.png).")
@@ -191,24 +235,31 @@ def sample(checkpoint: str, do_items: tuple[str, ...], n: int, seed: int, out: s
     \b
     Example: scmgen sample runs/cgn_double_colored_mnist --n 64 --out samples.png
     """
-    _sample_command(checkpoint, do_items, n, seed, out, device, "samples.png")
+    _sample_command(checkpoint, do_items, n, seed, out, device, "samples.png", strict=False)
 
 
 @cli.command()
-@click.argument("checkpoint")
+@click.argument("checkpoint", required=False, default="cgn_imagenet")
 @click.option("--do", "do_items", multiple=True, required=True, metavar="NODE=VALUE",
               help="Intervention, e.g. --do shape=3 --do texture=7 (class ids or names).")
-@n_option
+@click.option("--n", default=8, show_default=True, type=click.IntRange(1, 4096), help="Number of images.")
+@random_init_option
 @seed_option
 @click.option("--out", default=None, help="PNG path (default: intervention.png).")
 @click.option("--device", default="cpu", show_default=True)
-def intervene(checkpoint: str, do_items: tuple[str, ...], n: int, seed: int, out: str | None, device: str) -> None:
-    """Sample under do(NODE=VALUE) interventions into a PNG grid.
+@click.option("--strict", is_flag=True, help="An ambiguous class name is an error listing the candidates.")
+def intervene(checkpoint: str, do_items: tuple[str, ...], n: int, seed: int, out: str | None, device: str,
+              strict: bool) -> None:
+    """Sample under do(NODE=VALUE) interventions into a PNG grid. CHECKPOINT is a trained model
+    or a graph (default: the ImageNet CGN from pretrained BigGANs). Values are class ids or names
+    (ImageNet names take synonyms: 'cat' resolves to a canonical class and says which).
 
     \b
-    Example: scmgen intervene runs/cgn_double_colored_mnist --do shape=3 --do background=7 --n 16
+    Examples:
+      scmgen intervene runs/cgn_double_colored_mnist --do shape=3 --do background=7 --n 16
+      scmgen intervene --do shape=cat --do texture=elephant --do background=beach --random-init
     """
-    _sample_command(checkpoint, do_items, n, seed, out, device, "intervention.png")
+    _sample_command(checkpoint, do_items, n, seed, out, device, "intervention.png", strict=strict)
 
 
 @cli.command()
@@ -222,8 +273,11 @@ def intervene(checkpoint: str, do_items: tuple[str, ...], n: int, seed: int, out
 @click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1))
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--shard", default="0/1", show_default=True, metavar="I/K",
+              help="Write only parts I, I+K, ... so K processes or machines can share one data set.")
+@random_init_option
 def generate(checkpoint: str, n: int, per_shape: int, out: str, image_format: str, seed: int, batch_size: int,
-             precision: str, device: str) -> None:
+             precision: str, device: str, shard: str) -> None:
     """Write a counterfactual data set: images plus every intervened label.
 
     \b
@@ -233,30 +287,47 @@ def generate(checkpoint: str, n: int, per_shape: int, out: str, image_format: st
 
     from scmgen.sampling import generate_dataset
 
+    index, sep, count = shard.partition("/")
+    if not sep or not index.isdigit() or not count.isdigit() or int(count) < 1:
+        raise UsageError(f"--shard {shard}: expected I/K, e.g. --shard 0/4")
     model = load_model(checkpoint, device)
     with Progress(TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
         task = bar.add_task("generate", total=n)
         result = generate_dataset(model, n, out, per_shape, seed, batch_size, image_format, precision=precision,
-                                  progress=lambda k: bar.advance(task, k))
-    click.echo(f"wrote {result.images} images to {result.out} in {result.seconds:.1f} s "
-               f"({result.images / max(result.seconds, 1e-9):.0f} images/s)")
+                                  progress=lambda k: bar.advance(task, k), shard=(int(index), int(count)))
+    if not result.complete:
+        click.echo(f"wrote shard {shard} of {out} in {result.seconds:.1f} s; the set appears when every shard is done")
+        return
+    resumed = f" (resumed: {result.resumed_parts} parts were already done)" if result.resumed_parts else ""
+    click.echo(f"wrote {result.images} images to {result.out} in {result.seconds:.1f} s{resumed}")
 
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True)
 @set_option
+@random_init_option
 def validate(files: tuple[str, ...], overrides: tuple[str, ...]) -> None:
     """Check graph files: schema, references, cycles, plugins, and a dry run for shapes.
+    Pretrained weights missing from the cache are listed, not an error: train and intervene
+    need them (or --random-init).
 
     \b
     Example: scmgen validate graphs/*.yaml
     """
+    from scmgen import weights
     from scmgen.model import SCM
 
-    for f in files:
-        model = SCM.from_yaml(resolve_graph(f), overrides)
-        n_params = sum(p.numel() for p in model.parameters())
-        click.echo(f"ok: {f} ({model.spec.name}: {len(model.spec.nodes)} nodes, {n_params:,} parameters)")
+    requested = weights.random_init_requested()
+    weights.set_random_init(True)  # the structure can be checked without pretrained files
+    try:
+        for f in files:
+            model = SCM.from_yaml(resolve_graph(f), overrides)
+            n_params = sum(p.numel() for p in model.parameters())
+            missing = "" if requested or not model.random_init else \
+                f"; pretrained weights not in the cache yet: {', '.join(model.random_init)}"
+            click.echo(f"ok: {f} ({model.spec.name}: {len(model.spec.nodes)} nodes, {n_params:,} parameters{missing})")
+    finally:
+        weights.set_random_init(requested)
 
 
 @cli.command()
@@ -298,6 +369,10 @@ def plugins() -> None:
 
     for kind in registry.KINDS:
         click.echo(f"{kind}: {', '.join(registry.names(kind))}")
+
+
+cli.add_command(weights_group)
+cli.add_command(classify_command)
 
 
 def main() -> None:

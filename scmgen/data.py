@@ -7,6 +7,7 @@ which is what exact resume needs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -59,15 +60,24 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return images.detach().float().add(1.0).mul_(127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
+PATH_PARAMS = {"textures", "mnist_root", "root"}
+
+
 def load_dataset(model_spec: "GraphSpec", source: str, split: str = "train", **overrides: Any) -> ImageSet:
     """Build the graph's data set through its registered plugin, for `split`."""
     from scmgen import registry
     from scmgen.errors import SpecError
+    from scmgen.paths import inside
 
     if model_spec.data is None:
         raise SpecError(source, "data", "this graph has no data section")
     build = registry.get("datasets", model_spec.data.plugin)
     params = {**model_spec.data.params, **overrides}
+    for key in PATH_PARAMS & set(params):
+        value = params[key]
+        if isinstance(value, str) and not Path(value).is_absolute() and Path(source).is_file():
+            # relative paths in a graph file are relative to that file, and may not leave its folder
+            params[key] = str(inside(Path(source).parent, value, source, f"data.params.{key}"))
     try:
         return build(split=split, **params)
     except TypeError as e:

@@ -10,6 +10,7 @@ import inspect
 from pathlib import Path
 from typing import Any, Mapping
 
+import networkx as nx
 import torch
 from torch import nn
 
@@ -20,8 +21,17 @@ from scmgen.graph import build_graph, descendants, parents_of, topological_order
 from scmgen.interventions import DoValue, check_intervenable, value_tensor
 from scmgen.plugins import Mechanism, NodeInfo, ShapeMismatch
 from scmgen.provenance import run_metadata
+from scmgen.spec import (
+    GraphSpec,
+    LabelNode,
+    MechanismNode,
+    NoiseNode,
+    apply_overrides,
+    dump_spec,
+    parse_spec,
+    read_yaml,
+)
 from scmgen.weights import MissingWeights, used_random_init
-from scmgen.spec import GraphSpec, LabelNode, MechanismNode, NoiseNode, apply_overrides, dump_spec, parse_spec, read_yaml
 
 Values = dict[str, torch.Tensor]
 
@@ -146,9 +156,21 @@ class SCM(nn.Module):
         assert isinstance(node, MechanismNode)
         return self.mechanisms[name](**{role: values[ref] for role, ref in node.inputs.items()})
 
-    def forward(self, exogenous: Mapping[str, torch.Tensor], do: Mapping[str, DoValue] | None = None) -> Values:
-        """All node values for the given exogenous values, under intervention `do`."""
-        return self._run(dict(exogenous), set(self.order) - set(exogenous), do or {})
+    def forward(self, exogenous: Mapping[str, torch.Tensor], do: Mapping[str, DoValue] | None = None,
+                targets: list[str] | None = None) -> Values:
+        """Node values for the given exogenous values, under intervention `do`: all nodes, or only
+        `targets` and what they depend on (a frozen teacher is skipped when only the image is asked)."""
+        todo = set(self.order) - set(exogenous)
+        if targets is not None:
+            todo &= self.upstream(targets)
+        return self._run(dict(exogenous), todo, do or {})
+
+    def upstream(self, targets: list[str]) -> set[str]:
+        """`targets` and every node they depend on."""
+        out = set(targets)
+        for t in targets:
+            out |= nx.ancestors(self.graph, t)
+        return out
 
     def _run(self, values: Values, todo: set[str], do: Mapping[str, DoValue]) -> Values:
         check_intervenable(self.spec, do)
@@ -163,10 +185,12 @@ class SCM(nn.Module):
                 values[name] = self._compute(name, values)
         return values
 
-    def sample(self, n: int, do: Mapping[str, DoValue] | None = None, seed: int | None = None) -> Values:
-        """n samples (every node's value) under `do`; the same seed gives the same samples."""
+    def sample(self, n: int, do: Mapping[str, DoValue] | None = None, seed: int | None = None,
+               targets: list[str] | None = None) -> Values:
+        """n samples (every node's value, or `targets`' and their ancestors') under `do`; the same
+        seed gives the same samples."""
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        return self(self.sample_exogenous(n, generator), do)
+        return self(self.sample_exogenous(n, generator), do, targets)
 
     def counterfactual(self, factual: Mapping[str, torch.Tensor], do: Mapping[str, DoValue] | None = None,
                        resample: Mapping[str, torch.Tensor] | None = None) -> Values:
@@ -214,8 +238,10 @@ class SCM(nn.Module):
         (directory / "graph.yaml").write_text(dump_spec(self.spec))
         for name, module in self.saved_mechanisms().items():
             save_module(module, directory / f"{name}.safetensors")
+        # read the record again: losses built after the model (a perceptual VGG) may have added to it
+        random_init = sorted(set(self.random_init) | set(used_random_init()))
         write_json(directory / "meta.json", run_metadata(self.device, graph=self.spec.name,
-                                                         random_init=self.random_init, **(extra_meta or {})))
+                                                         random_init=random_init, **(extra_meta or {})))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "SCM":

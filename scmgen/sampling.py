@@ -36,8 +36,13 @@ def class_names(model: SCM, node: str) -> list[str]:
     return label.names or [str(i) for i in range(label.classes)]
 
 
+def shown_classes(classes: int, at_most: int) -> torch.Tensor:
+    """All classes when they fit, else `at_most` evenly spaced ones (ImageNet's 1000 do not)."""
+    return torch.arange(classes) if classes <= at_most else torch.linspace(0, classes - 1, at_most).round().long()
+
+
 @torch.inference_mode()
-def counterfactual_grid(model: SCM, seed: int = 0, columns: int | None = None) -> Image.Image:
+def counterfactual_grid(model: SCM, seed: int = 0, columns: int = 8, at_most: int = 10) -> Image.Image:
     """Rows: the first intervenable label (the shape); columns: the other intervenable labels set
     together (texture and background). Every cell shares one draw of the noise, so all that
     changes across the grid is what was intervened on."""
@@ -45,26 +50,25 @@ def counterfactual_grid(model: SCM, seed: int = 0, columns: int | None = None) -
     if not labels:
         raise UsageError(f"graph '{model.spec.name}' has no intervenable label node to lay out a grid")
     row, cols = labels[0], labels[1:]
-    rows_n = model.spec.nodes[row].classes
-    cols_n = min(model.spec.nodes[c].classes for c in cols) if cols else (columns or 8)
-    exo = model.sample_exogenous(1 if cols else cols_n, torch.Generator().manual_seed(seed))
-    reps = rows_n * cols_n
-    exo = {k: v.repeat(rows_n * cols_n // v.shape[0], *[1] * (v.dim() - 1)) for k, v in exo.items()}
-    do: dict[str, DoValue] = {row: torch.arange(rows_n).repeat_interleave(cols_n)}
+    row_ids = shown_classes(model.spec.nodes[row].classes, at_most)
+    col_ids = shown_classes(min(model.spec.nodes[c].classes for c in cols), at_most) if cols else None
+    n_cols = len(col_ids) if col_ids is not None else columns
+    cells = len(row_ids) * n_cols
+    exo = model.sample_exogenous(1 if cols else n_cols, torch.Generator().manual_seed(seed))
+    exo = {k: v.repeat(cells // v.shape[0], *[1] * (v.dim() - 1)) for k, v in exo.items()}
+    do: dict[str, DoValue] = {row: row_ids.repeat_interleave(n_cols)}
     for c in cols:
-        do[c] = torch.arange(cols_n).repeat(rows_n)
-    images = model(exo, do)[model.spec.output]
-    assert images.shape[0] == reps
-    col_labels = [f"{i}" for i in range(cols_n)] if cols else None
-    if cols:
-        col_labels = class_names(model, cols[0])[:cols_n]
+        do[c] = col_ids.repeat(len(row_ids))
+    images = model(exo, do, [model.spec.output])[model.spec.output]
+    row_names, col_names = class_names(model, row), class_names(model, cols[0]) if cols else []
+    col_labels = [col_names[i] for i in col_ids.tolist()] if cols else None
     title = f"{model.spec.name}: rows do({row}), columns " + (f"do({', '.join(cols)})" if cols else "noise samples")
-    return grid_image(images, cols_n, class_names(model, row), col_labels, title)
+    return grid_image(images, n_cols, [row_names[i] for i in row_ids.tolist()], col_labels, title)
 
 
 @torch.inference_mode()
 def sample_grid(model: SCM, n: int, do: Mapping[str, DoValue], seed: int) -> Image.Image:
-    images = model.sample(n, do=do, seed=seed)[model.spec.output]
+    images = model.sample(n, do=do, seed=seed, targets=[model.spec.output])[model.spec.output]
     what = ", ".join(f"{k}={v}" for k, v in do.items()) or "observational"
     return grid_image(images, nrow=min(n, 8), title=f"{model.spec.name}: {what}, seed {seed}")
 
@@ -75,6 +79,7 @@ class GenerateResult:
     images: int
     seconds: float
     resumed_parts: int = 0
+    complete: bool = True  # False: this shard's parts are written, other shards' are not yet
 
 
 def resampled_noise(model: SCM, keep: str) -> list[str]:
@@ -95,7 +100,7 @@ def counterfactual_batch(model: SCM, groups: int, per_shape: int, generator: tor
     labels = intervenable_labels(model)
     keep, others = labels[0], labels[1:]
     m = groups * per_shape
-    factual = model(model.sample_exogenous(groups, generator))
+    factual = model(model.sample_exogenous(groups, generator), targets=[model.spec.output])
     factual = {k: v.repeat_interleave(per_shape, 0) for k, v in factual.items()}
     do = {c: torch.randint(model.spec.nodes[c].classes, (m,), generator=generator) for c in others}
     fresh = model.sample_exogenous(m, generator)
@@ -129,17 +134,24 @@ def _part_done(folder: Path, part: int, image_format: str) -> bool:
 
 def generate_dataset(model: SCM, n: int, out: str | Path, per_shape: int = 10, seed: int = 0,
                      batch_size: int = 500, image_format: str = "png", part_size: int = 10000,
-                     precision: str = "fp32", progress: Callable[[int], Any] | None = None) -> GenerateResult:
+                     precision: str = "fp32", progress: Callable[[int], Any] | None = None,
+                     shard: tuple[int, int] = (0, 1)) -> GenerateResult:
     """Write `n` counterfactual images (see `counterfactual_batch`) to `out`: PNG files +
     labels.csv, or uint8 safetensors shards of `part_size` images; plus meta.json.
 
     The set is made in parts, each from its own generator seeded by (seed, part), under a hidden
     `.NAME.partial` folder; a killed run resumes from its finished parts and the result is
-    byte-identical to an uninterrupted run. Only the final rename makes `out` appear."""
+    byte-identical to an uninterrupted run. Only the final rename makes `out` appear.
+
+    `shard=(i, k)`: this process writes parts i, i+k, i+2k, ... of the same set (k processes or
+    machines sharing a file system); whichever finishes the last part assembles the set."""
     if image_format not in ("png", "safetensors"):
         raise UsageError(f"--format {image_format}: expected png or safetensors")
     if n <= 0 or per_shape <= 0 or batch_size <= 0:
         raise UsageError("--n, --per-shape and --batch-size must be positive")
+    index, shards = shard
+    if not 0 <= index < shards:
+        raise UsageError(f"--shard {index}/{shards}: expected I/K with 0 <= I < K")
     if not intervenable_labels(model):
         raise UsageError(f"graph '{model.spec.name}' has no intervenable label node")
     out = Path(out)
@@ -151,8 +163,8 @@ def generate_dataset(model: SCM, n: int, out: str | Path, per_shape: int = 10, s
     params = {"graph": dump_spec(model.spec), "weights": _weights_digest(model), "n": n, "per_shape": per_shape,
               "seed": seed, "format": image_format, "part_size": part_size, "precision": precision}
     partial = out.parent / f".{out.name}.partial"
-    if partial.exists() and _read_params(partial) != params:
-        shutil.rmtree(partial)
+    if partial.exists() and _read_params(partial) not in (params, None) and shards == 1:
+        shutil.rmtree(partial)  # a partial set of other settings (with shards, others may be writing)
     (partial / ("parts" if image_format == "png" else "")).mkdir(parents=True, exist_ok=True)
     if image_format == "png":
         (partial / "images").mkdir(exist_ok=True)
@@ -160,7 +172,7 @@ def generate_dataset(model: SCM, n: int, out: str | Path, per_shape: int = 10, s
     start = time.perf_counter()
     parts = -(-n // part_size)
     resumed = 0
-    for part in range(parts):
+    for part in range(index, parts, shards):
         size = min(part_size, n - part * part_size)
         if _part_done(partial, part, image_format):
             resumed += 1
@@ -182,6 +194,13 @@ def generate_dataset(model: SCM, n: int, out: str | Path, per_shape: int = 10, s
         else:
             _write_shard(partial, part, images, table)
     seconds = time.perf_counter() - start
+    if not all(_part_done(partial, p, image_format) for p in range(parts)):
+        return GenerateResult(out, n, seconds, resumed, complete=False)
+    try:
+        (partial / ".assembling").mkdir()  # one process assembles, even if several finish at once
+    except FileExistsError:
+        return GenerateResult(out, n, seconds, resumed, complete=False)
+    (partial / ".assembling").rmdir()
     _finish(model, partial, out, params, parts, seconds)
     return GenerateResult(out, n, seconds, resumed)
 

@@ -11,8 +11,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
+from scmgen import classnames
 from scmgen.errors import SpecError
 
 NodeName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
@@ -37,8 +47,25 @@ class LabelNode(_Strict):
 
     kind: Literal["label"]
     classes: int = Field(gt=0)
+    # one name per class, or the name of a built-in set (`names: imagenet`), expanded here to its
+    # list and written back as its name (scmgen.classnames)
     names: list[str] | None = None
     parents: list[NodeName] = Field(default_factory=list, max_length=1)
+
+    @field_validator("names", mode="before")
+    @classmethod
+    def _named_set(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str):
+            return value
+        names = classnames.named_set(value)
+        classes = info.data.get("classes")
+        if classes is not None and len(names) != classes:
+            raise ValueError(f"the set '{value}' has {len(names)} classes, but classes is {classes}")
+        return names
+
+    @field_serializer("names")
+    def _write_named_set(self, names: list[str] | None) -> list[str] | str | None:
+        return classnames.set_name_of(names) or names
 
     @model_validator(mode="after")
     def _names_match(self) -> "LabelNode":

@@ -14,15 +14,16 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from scmgen import registry
-from scmgen.checkpoint import (atomic_directory, atomic_write_text, load_module, read_json, safe_torch_load,
-                               save_module)
+from scmgen.checkpoint import atomic_directory, atomic_write_text, load_module, read_json, safe_torch_load, save_module
 from scmgen.data import ImageSet
+from scmgen.distributed import DistInfo, ShardSampler, barrier
 from scmgen.errors import ScmgenError, SpecError
 from scmgen.graph import DATA_INPUTS
 from scmgen.model import SCM, build_plugin
@@ -46,23 +47,21 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 class EpochBatches:
-    """Batches of indices: a fresh permutation per epoch, seeded by (seed, epoch), so the
+    """Batches of this rank's shard of each epoch's permutation (seeded by seed and epoch), so the
     position (epoch, offset) alone restores the data order."""
 
-    def __init__(self, n: int, batch_size: int, seed: int) -> None:
-        if n < batch_size:
-            raise ScmgenError(f"the data set has {n} images, fewer than one batch of {batch_size}")
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+    def __init__(self, n: int, batch_size: int, seed: int, info: DistInfo = DistInfo()) -> None:
+        self.sampler = ShardSampler(n, info.rank, info.world_size, seed)
+        if len(self.sampler) < batch_size:
+            raise ScmgenError(f"the data set has {n} images, fewer than one batch of {batch_size} per process")
+        self.batch_size = batch_size
         self.epoch, self.offset = 0, 0
-        self._perm = self._permutation()
-
-    def _permutation(self) -> torch.Tensor:
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + self.epoch))
+        self._perm = self.sampler.indices(0)
 
     def next(self) -> torch.Tensor:
-        if self.offset + self.batch_size > self.n:
+        if self.offset + self.batch_size > len(self._perm):
             self.epoch, self.offset = self.epoch + 1, 0
-            self._perm = self._permutation()
+            self._perm = self.sampler.indices(self.epoch)
         idx = self._perm[self.offset:self.offset + self.batch_size]
         self.offset += self.batch_size
         return idx
@@ -72,7 +71,32 @@ class EpochBatches:
 
     def restore(self, state: dict[str, int]) -> None:
         self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
-        self._perm = self._permutation()
+        self._perm = self.sampler.indices(self.epoch)
+
+
+def _collective(tensors: list[torch.Tensor], op: Callable[[torch.Tensor], None]) -> None:
+    """Run one collective over all `tensors` at once (flattened), then copy the result back."""
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    op(flat)
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def broadcast_buffers(modules: list[nn.Module], info: DistInfo) -> None:
+    """Give every process rank 0's floating buffers (batch-norm statistics), as DDP does."""
+    buffers = [b for m in modules for b in m.buffers() if b.is_floating_point()]
+    if info.distributed and buffers:
+        _collective(buffers, lambda flat: dist.broadcast(flat, src=0))
+
+
+def average_gradients(params: list[nn.Parameter], info: DistInfo) -> None:
+    """Average gradients over the processes in one flat all-reduce (data parallelism without
+    wrapping: the SCM calls its mechanisms by name, so DDP's forward hooks do not fit)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if info.distributed and grads:
+        _collective(grads, lambda flat: (dist.all_reduce(flat), flat.div_(info.world_size)))
 
 
 @dataclass
@@ -98,17 +122,18 @@ class Trainer:
     """Train `model` on `data` as its spec's `train` and `losses` sections say, writing into `out`."""
 
     def __init__(self, model: SCM, data: ImageSet | None, out: str | Path, device: str | None = None,
-                 progress: bool = True, tensorboard: bool = True) -> None:
+                 progress: bool = True, tensorboard: bool = True, info: DistInfo | None = None) -> None:
         self.model, self.data, self.out = model, data, Path(out)
         self.spec = model.spec
         self.tcfg = self.spec.train
-        self.device = torch.device(device or self.tcfg.device)
-        self.progress, self.tensorboard = progress, tensorboard
+        self.info = info or DistInfo(device=torch.device(device or self.tcfg.device))
+        self.device = self.info.device
+        self.progress, self.tensorboard = progress and self.info.is_main, tensorboard and self.info.is_main
         if any(t == "data.image" or t == "data.label" for ls in self.spec.losses.values() for t in ls.inputs.values()) \
                 or self.tcfg.condition or any(ls.critic for ls in self.spec.losses.values()):
             if data is None:
                 raise SpecError(model.source, "data", "training this graph needs a data set")
-        torch.manual_seed(self.tcfg.seed)
+        torch.manual_seed(self.tcfg.seed + self.info.rank)  # each process draws its own noise
         self.model.to(self.device).train()
         self.terms = [self._build_term(name) for name in self.spec.losses]
         if not self.terms:
@@ -117,10 +142,14 @@ class Trainer:
             name: make_optimizer(list(m.parameters()), self.tcfg.optimizers.get(name, self.tcfg.optimizer))
             for name, m in model.mechanisms.items()
             if self.spec.nodes[name].trainable and any(p.requires_grad for p in m.parameters())}
-        n = len(data) if data is not None else 1 << 30
-        self.batches = EpochBatches(n, self.tcfg.batch_size, self.tcfg.seed)
+        # graphs trained against a teacher need no data: then an "epoch" is not defined
+        self.batches = EpochBatches(len(data), self.tcfg.batch_size, self.tcfg.seed, self.info) \
+            if data is not None else None
+        if self.tcfg.steps is None and data is None:
+            raise SpecError(model.source, "train.epochs", "a graph without data trains for a number of steps: set train.steps")
         per_step = self.tcfg.batch_size * self.tcfg.accumulate
-        self.total_steps = self.tcfg.steps or max(1, math.ceil((self.tcfg.epochs or 1.0) * n / per_step))
+        per_step *= self.info.world_size
+        self.total_steps = self.tcfg.steps or max(1, math.ceil((self.tcfg.epochs or 1.0) * len(data) / per_step))
         self.step = 0
 
     def _node_info(self, ref: str) -> NodeInfo:
@@ -168,7 +197,7 @@ class Trainer:
         kept: list[tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]] = []
         for _ in range(accumulate):
             real = label = None
-            if self.data is not None:
+            if self.data is not None and self.batches is not None:
                 real, label = self.data.batch(self.batches.next())
                 real, label = real.to(self.device, non_blocking=True), label.to(self.device)
             exo = self.model.sample_exogenous(self.tcfg.batch_size)
@@ -184,11 +213,13 @@ class Trainer:
                     logged[term.name] = logged.get(term.name, 0.0) + term.weight * loss.item() / accumulate
             (total / accumulate).backward()
             kept.append(({k: v.detach() for k, v in values.items()}, real, label))
-        for opt in self.optimizers.values():
+        for name, opt in self.optimizers.items():
+            average_gradients(list(self.model.mechanisms[name].parameters()), self.info)
             opt.step()
         for term in self.terms:
             if term.critic is not None:
                 logged[f"{term.name}.critic"] = self._critic_step(term, kept)
+        broadcast_buffers([self.model, *(t.critic for t in self.terms if t.critic is not None)], self.info)
         self.step += 1
         return logged
 
@@ -203,6 +234,7 @@ class Trainer:
                 loss = term.module.critic_loss(term.critic, real, inputs["fake"], label, inputs.get("label"))
             (loss.float() / len(kept)).backward()
             total += loss.item() / len(kept)
+        average_gradients(list(term.critic.parameters()), self.info)
         term.critic_opt.step()
         return total
 
@@ -212,8 +244,13 @@ class Trainer:
         return self.out / "checkpoints"
 
     def save_checkpoint(self) -> Path:
-        """Write checkpoints/step_N atomically, point `latest` at it, drop the oldest extras."""
+        """Write checkpoints/step_N atomically, point `latest` at it, drop the oldest extras.
+        Under torchrun rank 0 writes, holding every rank's RNG state, and the others wait."""
         target = self.checkpoint_root / f"step_{self.step:07d}"
+        rng = self._gather_rng()
+        if not self.info.is_main:
+            barrier(self.info)
+            return target
         with atomic_directory(target) as tmp:
             self.model.write_into(tmp, {"step": self.step, "seed": self.tcfg.seed, "total_steps": self.total_steps})
             for term in self.terms:
@@ -221,13 +258,11 @@ class Trainer:
                     save_module(term.critic, tmp / f"critic.{term.name}.safetensors")
             state = {
                 "step": self.step,
-                "batches": self.batches.state(),
+                "batches": self.batches.state() if self.batches is not None else None,
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                 "critic_optimizers": {t.name: t.critic_opt.state_dict() for t in self.terms if t.critic_opt},
-                "rng": torch.get_rng_state(),
+                "rng": rng,
             }
-            if self.device.type == "cuda":
-                state["cuda_rng"] = torch.cuda.get_rng_state(self.device)
             torch.save(state, tmp / "trainer_state.pt")
         atomic_write_text(self.checkpoint_root / "latest", target.name + "\n")
         kept = sorted(p for p in self.checkpoint_root.glob("step_*") if p.is_dir())
@@ -236,7 +271,19 @@ class Trainer:
                 for f in old.iterdir():
                     f.unlink()
                 old.rmdir()
+        barrier(self.info)
         return target
+
+    def _gather_rng(self) -> list[torch.Tensor]:
+        """[cpu state, cuda state?] of every rank, in rank order."""
+        mine = [torch.get_rng_state()]
+        if self.device.type == "cuda":
+            mine.append(torch.cuda.get_rng_state(self.device))
+        if not self.info.distributed:
+            return [torch.cat(mine)]
+        everyone: list = [None] * self.info.world_size
+        dist.all_gather_object(everyone, torch.cat(mine))
+        return everyone
 
     def resume(self) -> int:
         """Restore the latest checkpoint in `out`; returns its step (0 when there is none)."""
@@ -261,10 +308,17 @@ class Trainer:
         for term in self.terms:
             if term.critic_opt is not None:
                 term.critic_opt.load_state_dict(state["critic_optimizers"][term.name])
-        self.batches.restore(state["batches"])
-        torch.set_rng_state(state["rng"])
-        if "cuda_rng" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        if self.batches is not None:
+            self.batches.restore(state["batches"])
+        rngs = state["rng"]
+        if len(rngs) != self.info.world_size:
+            raise SpecError(source, "trainer_state.pt", f"saved by {len(rngs)} processes, resumed with "
+                            f"{self.info.world_size}: resume with the same number of processes")
+        mine = rngs[self.info.rank]
+        cpu_size = torch.get_rng_state().numel()
+        torch.set_rng_state(mine[:cpu_size])
+        if self.device.type == "cuda" and mine.numel() > cpu_size:
+            torch.cuda.set_rng_state(mine[cpu_size:], self.device)
         self.step = int(state["step"])
         read_json(ckpt / "meta.json", source)
         return self.step
@@ -283,7 +337,7 @@ class Trainer:
         if in_main:
             signal.signal(signal.SIGINT, request_stop)
         writer = self._writer()
-        start, start_step = time.perf_counter(), self.step
+        start = time.perf_counter()
         losses: dict[str, float] = {}
         try:
             with self._progress() as progress:
@@ -296,11 +350,12 @@ class Trainer:
                                 writer.add_scalar(f"loss/{k}", v, self.step)
                         progress.update(task, losses=" ".join(f"{k}={v:.3f}" for k, v in losses.items()))
                     progress.update(task, completed=self.step)
-                    if self.tcfg.sample_every and self.step % self.tcfg.sample_every == 0 and on_sample:
+                    if self.tcfg.sample_every and self.step % self.tcfg.sample_every == 0 and on_sample \
+                            and self.info.is_main:
                         on_sample(self, writer)
                     if self.tcfg.checkpoint_every and self.step % self.tcfg.checkpoint_every == 0:
                         self.save_checkpoint()
-                    if stop["now"]:
+                    if self._agree(stop["now"]):
                         interrupted = True
                         break
             if interrupted or not self.tcfg.checkpoint_every or self.step % self.tcfg.checkpoint_every:
@@ -313,6 +368,14 @@ class Trainer:
         self.model.eval()
         return TrainResult(self.step, self.total_steps, time.perf_counter() - start, interrupted, losses)
 
+    def _agree(self, flag: bool) -> bool:
+        """True if any process saw the flag, so all processes stop at the same step."""
+        if not self.info.distributed:
+            return flag
+        t = torch.tensor([float(flag)])
+        dist.all_reduce(t)
+        return bool(t.item())
+
     def _writer(self) -> Any:
         if not self.tensorboard:
             return None
@@ -321,8 +384,14 @@ class Trainer:
         return SummaryWriter(str(self.out / "tensorboard"))
 
     def _progress(self) -> Any:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),

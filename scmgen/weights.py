@@ -9,7 +9,7 @@ is recorded so every output made that way says so.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from scmgen.errors import ScmgenError
@@ -62,6 +62,12 @@ def random_init_requested() -> bool:
 def used_random_init() -> list[str]:
     """Names of the weights that were replaced by random initialisation in this process."""
     return sorted(_state["used_random"])  # type: ignore[arg-type]
+
+
+def note_random_init(name: str) -> None:
+    """Record that weights `name` were replaced by random ones without going through `require`
+    (e.g. a loss backbone that falls back to random), so outputs still say so."""
+    _state["used_random"].add(name)  # type: ignore[union-attr]
 
 
 def present(name: str) -> bool:

@@ -97,3 +97,29 @@ def test_failed_save_leaves_old_checkpoint(saved: tuple[SCM, Path], monkeypatch:
         model.save_pretrained(path)
     assert (path / "mask.safetensors").read_bytes() == before
     assert sorted(p.name for p in path.parent.iterdir()) == ["model"]
+
+
+def test_paths_in_files_cannot_escape(tmp_path: Path) -> None:
+    from scmgen.paths import inside
+
+    (tmp_path / "set" / "images").mkdir(parents=True)
+    assert inside(tmp_path / "set", "images/0.png", "labels.csv", "row 2") == (tmp_path / "set" / "images" / "0.png").resolve()
+    with pytest.raises(SpecError, match=r"labels.csv: row 2: '../../etc/passwd' leads outside"):
+        inside(tmp_path / "set", "../../etc/passwd", "labels.csv", "row 2")
+    with pytest.raises(SpecError, match="is an absolute path"):
+        inside(tmp_path / "set", "/etc/passwd", "labels.csv", "row 3")
+    (tmp_path / "set" / "link").symlink_to("/etc")
+    with pytest.raises(SpecError, match="leads outside"):
+        inside(tmp_path / "set", "link/passwd", "labels.csv", "row 4")
+
+
+def test_graph_data_path_cannot_leave_the_graph_folder(tmp_path: Path, tiny_raw: dict, write_graph) -> None:
+    from click.testing import CliRunner
+
+    from scmgen.cli import cli
+
+    tiny_raw["data"]["params"]["root"] = "../../secrets"
+    path = write_graph(tiny_raw)
+    result = CliRunner().invoke(cli, ["train", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert f"{path}: data.params.root: '../../secrets' leads outside" in result.stderr

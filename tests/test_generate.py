@@ -64,3 +64,14 @@ def test_existing_output_is_refused(model: SCM, tmp_path: Path) -> None:
     (tmp_path / "d").mkdir()
     with pytest.raises(UsageError, match="already exists"):
         generate_dataset(model, 5, tmp_path / "d")
+
+
+def test_shards_write_disjoint_parts_and_the_last_assembles(model: SCM, tmp_path: Path) -> None:
+    kw = dict(per_shape=5, seed=2, batch_size=10, image_format="safetensors", part_size=10)
+    whole = generate_dataset(model, 40, tmp_path / "whole", **kw)
+    first = generate_dataset(model, 40, tmp_path / "sharded", shard=(0, 2), **kw)
+    assert not first.complete and not (tmp_path / "sharded").exists()
+    second = generate_dataset(model, 40, tmp_path / "sharded", shard=(1, 2), **kw)
+    assert second.complete and same_tree(whole.out, tmp_path / "sharded")
+    with pytest.raises(UsageError, match="--shard 2/2"):
+        generate_dataset(model, 40, tmp_path / "x", shard=(2, 2))

@@ -1,0 +1,1 @@
+"""ImageNet CGN mechanisms: BigGAN backbones and the U^2-Net saliency model."""
