@@ -273,11 +273,13 @@ def intervene(checkpoint: str, do_items: tuple[str, ...], n: int, seed: int, out
 @click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1))
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--part-size", default=10000, show_default=True, type=click.IntRange(1),
+              help="Images per part (a shard file; the unit a killed run resumes from).")
 @click.option("--shard", default="0/1", show_default=True, metavar="I/K",
               help="Write only parts I, I+K, ... so K processes or machines can share one data set.")
 @random_init_option
 def generate(checkpoint: str, n: int, per_shape: int, out: str, image_format: str, seed: int, batch_size: int,
-             precision: str, device: str, shard: str) -> None:
+             precision: str, device: str, part_size: int, shard: str) -> None:
     """Write a counterfactual data set: images plus every intervened label.
 
     \b
@@ -293,7 +295,7 @@ def generate(checkpoint: str, n: int, per_shape: int, out: str, image_format: st
     model = load_model(checkpoint, device)
     with Progress(TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
         task = bar.add_task("generate", total=n)
-        result = generate_dataset(model, n, out, per_shape, seed, batch_size, image_format, precision=precision,
+        result = generate_dataset(model, n, out, per_shape, seed, batch_size, image_format, part_size, precision,
                                   progress=lambda k: bar.advance(task, k), shard=(int(index), int(count)))
     if not result.complete:
         click.echo(f"wrote shard {shard} of {out} in {result.seconds:.1f} s; the set appears when every shard is done")

@@ -215,7 +215,8 @@ def parse_spec(raw: dict[str, Any], source: str = "<graph>") -> GraphSpec:
         return GraphSpec.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
-        loc = [str(p) for p in err["loc"]]
+        # keys are user text: quote any that would break the one-line message
+        loc = [str(p) if str(p).isprintable() and " " not in str(p) else repr(str(p)) for p in err["loc"]]
         # pydantic adds the discriminator tag (e.g. 'mechanism') as a path element: drop it
         if len(loc) >= 3 and loc[0] == "nodes" and loc[2] in ("noise", "label", "mechanism"):
             del loc[2]

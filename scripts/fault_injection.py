@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -27,30 +28,38 @@ from scmgen.provenance import run_metadata  # noqa: E402
 
 GRAPH = ROOT / "graphs" / "tiny_shapes.yaml"
 SCMGEN = [sys.executable, "-m", "scmgen"]
+PART_SIZE = 250  # images per part of the generated set: the unit a killed generation resumes from
 
 
 def train_cmd(out: Path, steps: int, resume: bool) -> list[str]:
     return [*SCMGEN, "train", str(GRAPH), "--out", str(out), "--quiet", "--set", f"train.steps={steps}",
-            "--set", "train.checkpoint_every=5", "--set", "train.keep_checkpoints=2", "--set", "data.params.n=512",
+            "--set", "train.checkpoint_every=20", "--set", "train.keep_checkpoints=2", "--set", "data.params.n=512",
             *(["--resume"] if resume else [])]
 
 
 def generate_cmd(model: Path, out: Path, n: int) -> list[str]:
     return [*SCMGEN, "generate", str(model), "--n", str(n), "--per-shape", "5", "--out", str(out),
-            "--batch-size", "50", "--format", "png"]
+            "--batch-size", "50", "--format", "png", "--part-size", str(PART_SIZE)]
 
 
-def run_with_kills(make_cmd, done, kills: int, window: tuple[float, float], rng: random.Random) -> tuple[int, list[str]]:
-    """Start the command, SIGKILL it after a random delay, repeat `kills` times, then let it finish.
-    Returns the kills that landed before the command ended and the problems seen."""
+def run_with_kills(make_cmd: Callable[[], list[str]], progress: Callable[[], float], done: Callable[[], bool],
+                   kills: int, rng: random.Random) -> tuple[int, list[str]]:
+    """Start the command and SIGKILL it at a random point of the work it has left, `kills` times,
+    then let it finish. The point is drawn in progress (checkpoint steps, finished parts), not in
+    seconds, so a loaded machine does not make kills miss; one kill in five lands during start-up.
+    Returns the kills that landed and the problems seen."""
     landed, problems = 0, []
-    for attempt in range(kills + 1):
+    # kill points spread over the whole run, in order; one in five at 0 = during start-up
+    targets = sorted(0.0 if rng.random() < 0.2 else rng.uniform(0.0, 0.9) for _ in range(kills))
+    while not done():
         proc = subprocess.Popen(make_cmd(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 start_new_session=True)
-        if attempt < kills:
-            try:
-                proc.wait(timeout=rng.uniform(*window))
-            except subprocess.TimeoutExpired:
+        if landed < kills:
+            target = targets[landed]
+            while proc.poll() is None and progress() <= target:
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.3))  # somewhere between two checkpoints or parts
+            if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 landed += 1
@@ -58,12 +67,12 @@ def run_with_kills(make_cmd, done, kills: int, window: tuple[float, float], rng:
         output = proc.communicate()[0]
         if proc.returncode != 0:
             problems.append(f"exit {proc.returncode}: {output.strip().splitlines()[-1:]}")
-        if done():
             break
     return landed, problems
 
 
 def compare(a: Path, b: Path, skip: tuple[str, ...]) -> tuple[bool, int]:
+    """Whether two trees hold the same files byte for byte (but `skip`), and the bytes compared."""
     files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name not in skip)
     other = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file() and p.name not in skip)
     same = files == other and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files)
@@ -78,10 +87,11 @@ def latest_step(out: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/fault_injection"))
+    parser.add_argument("--keep", action="store_true", help="keep the runs, not only report.json")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     start = time.perf_counter()
@@ -98,18 +108,23 @@ def main() -> None:
         steps_seen.append(latest_step(killed))
         return train_cmd(killed, args.steps, (killed / "checkpoints" / "latest").exists())
 
-    train_kills, problems = run_with_kills(train_next, lambda: (killed / "model").exists(), args.kills, (3.0, 9.0), rng)
+    train_kills, problems = run_with_kills(train_next, lambda: latest_step(killed) / args.steps,
+                                           lambda: (killed / "model").exists(), args.kills, rng)
     monotonic = all(a <= b for a, b in zip(steps_seen, steps_seen[1:]))
     train_same, train_bytes = compare(ref / "model", killed / "model", skip=("meta.json",))
 
     # generation: uninterrupted reference, then a run killed `kills` times
     gen_ref, gen_killed = args.out / "generate_reference", args.out / "generate_killed"
     subprocess.run(generate_cmd(ref / "model", gen_ref, args.images), check=True, capture_output=True)
+    partial = gen_killed.parent / f".{gen_killed.name}.partial"
+    parts = -(-args.images // PART_SIZE)
     gen_kills, gen_problems = run_with_kills(lambda: generate_cmd(ref / "model", gen_killed, args.images),
-                                             gen_killed.exists, args.kills, (2.5, 6.0), rng)
+                                             lambda: len(list(partial.glob("parts/part_*.csv"))) / parts,
+                                             gen_killed.exists, args.kills, rng)
     gen_same, gen_bytes = compare(gen_ref, gen_killed, skip=("meta.json",))
 
     report = {
+        "kills_requested": args.kills,
         "train": {"kills_landed": train_kills, "identical": train_same, "bytes_compared": train_bytes,
                   "checkpoint_steps_seen": steps_seen, "no_step_lost": monotonic, "problems": problems},
         "generate": {"kills_landed": gen_kills, "identical": gen_same, "bytes_compared": gen_bytes,
@@ -117,6 +132,9 @@ def main() -> None:
         **run_metadata("cpu", seed=args.seed, wall_seconds=round(time.perf_counter() - start, 1)),
     }
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    if not args.keep:
+        for run in (ref, killed, gen_ref, gen_killed):
+            shutil.rmtree(run, ignore_errors=True)
     ok = train_same and gen_same and monotonic
     print(f"train: {train_kills} kills, identical={train_same} ({train_bytes} bytes); "
           f"generate: {gen_kills} kills, identical={gen_same} ({gen_bytes} bytes); report: {args.out / 'report.json'}")

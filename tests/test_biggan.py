@@ -108,6 +108,53 @@ def test_gradients_reach_the_generator() -> None:
         assert grad is not None and grad.abs().sum() > 0, name
 
 
+
+def _saved_bytes(mech: BigGANMechanism, noise: torch.Tensor, label: torch.Tensor) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass of one forward pass."""
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        mech(noise, label)
+    return total
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_checkpointing_gives_the_plain_outputs_and_gradients(precision: str) -> None:
+    """Two training rounds, each with two forward passes before one backward pass (the spectral
+    norms' power iteration runs once per forward pass, not again when blocks are recomputed)."""
+    plain, ckpt = tiny().train(), tiny(checkpointing=True).train()
+    assert ckpt.checkpointing and not plain.checkpointing
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        noise, label = torch.randn(2, 3, 16, generator=gen), torch.randint(0, 10, (2, 3), generator=gen)
+        weight = torch.randn(3, 3, 32, 32, generator=gen)
+        outputs = {}
+        for name, mech in (("plain", plain), ("ckpt", ckpt)):
+            mech.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                first, second = mech(noise[0], label[0]), mech(noise[1], label[1])
+            ((first.float() - second.float()) * weight).square().mean().backward()
+            outputs[name] = (first, second)
+        for a, b in zip(outputs["plain"], outputs["ckpt"]):
+            torch.testing.assert_close(b, a, atol=1e-6, rtol=0)
+        grads = {name: p.grad for name, p in ckpt.named_parameters()}
+        for name, p in plain.named_parameters():
+            assert p.grad is not None and grads[name] is not None, name
+            torch.testing.assert_close(grads[name], p.grad, atol=1e-6, rtol=0, msg=name)
+        for (name, a), (_, b) in zip(plain.named_buffers(), ckpt.named_buffers()):  # spectral-norm u and v
+            assert torch.equal(a, b), name
+    noise, label = torch.randn(2, 16), torch.tensor([1, 2])
+    assert _saved_bytes(ckpt, noise, label) < 0.6 * _saved_bytes(plain, noise, label)
+    plain.eval(), ckpt.eval()
+    with torch.no_grad():
+        assert torch.equal(ckpt(noise, label), plain(noise, label))
+
+
 def test_truncated_noise_is_deterministic_and_bounded() -> None:
     u = torch.randn(20000, 16)
     z = truncated_noise(u, 0.5)

@@ -105,3 +105,21 @@ def test_help_has_examples() -> None:
 def test_plugins_listed() -> None:
     out = run("plugins")
     assert "mnist.shape" in out and "gan.lsgan" in out and "mnist.wildlife" in out
+
+
+def test_unwritable_output_is_one_line(trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(tmp_path) else real_access(p, mode))
+    err = run("generate", trained, "--n", 5, "--out", tmp_path / "set", code=1)
+    assert f"{tmp_path} is not writable" in err and not (tmp_path / "set").exists()
+    err = run("train", TINY, "--out", tmp_path / "run", "--quiet", code=1)
+    assert "is not writable" in err
+
+
+def test_conflicting_settings_are_one_line(tmp_path: Path) -> None:
+    err = run("train", TINY, "--out", tmp_path / "r", "--set", "train.epochs=1", code=2)
+    assert "train: give either steps or epochs, not both" in err
+    err = run("generate", TINY, "--n", 5, "--out", tmp_path / "g", "--shard", "3/2", code=2)
+    assert "--shard 3/2" in err

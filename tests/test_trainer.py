@@ -82,3 +82,15 @@ def test_resume_refuses_a_checkpoint_of_another_graph(tmp_path: Path) -> None:
 def test_bf16_autocast_trains(tmp_path: Path) -> None:
     result = make_trainer(tmp_path, "train.precision=bf16", "train.steps=2").fit()
     assert result.step == 2 and all(torch.isfinite(torch.tensor(v)) for v in result.last_losses.values())
+
+
+def test_same_seed_same_trained_weights(tmp_path: Path) -> None:
+    a = make_trainer(tmp_path / "a", "train.steps=4")  # a trainer seeds the process's RNG: one at a time
+    a.fit()
+    b = make_trainer(tmp_path / "b", "train.steps=4")
+    b.fit()
+    wa, wb = weights(a), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    c = make_trainer(tmp_path / "c", "train.steps=4", "train.seed=1")
+    c.fit()
+    assert not all(torch.equal(wa[k], weights(c)[k]) for k in wa)

@@ -16,7 +16,10 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 from pytorch_pretrained_biggan import BigGAN, BigGANConfig
+from pytorch_pretrained_biggan.model import GenBlock
 from torch import nn
+from torch.nn.utils.spectral_norm import SpectralNorm
+from torch.utils.checkpoint import checkpoint
 
 from scmgen import weights
 from scmgen.plugins import Mechanism, NodeInfo, check_shape
@@ -203,12 +206,20 @@ class BigGANMechanism(Mechanism):
     (see `truncated_noise`) and feeds the same truncation to the generator's batch norms.
     `model` names a weights entry of kind 'biggan' (biggan-deep-128/256/512) or is 'custom',
     a randomly initialised generator built from `config` (tests, experiments). `output_size`
-    resizes the native output (bilinear, antialiased when shrinking)."""
+    resizes the native output (bilinear, antialiased when shrinking).
+
+    `checkpointing` trades compute for memory when training: each of the generator's blocks
+    (the GenBlocks and the self-attention layer) runs under `torch.utils.checkpoint`, so the
+    backward pass recomputes a block's activations instead of keeping them, at the cost of about
+    one extra forward pass of the generator. Outputs, gradients and the spectral-norm state are
+    those of the plain path (see `_checkpointed_forward`). In eval mode, or with gradients
+    off, it changes nothing."""
 
     roles = ("noise", "label")
 
     def __init__(self, inputs: dict[str, NodeInfo], model: str = "biggan-deep-256", truncation: float = 0.5,
-                 output_size: int | None = None, config: dict[str, Any] | None = None) -> None:
+                 output_size: int | None = None, config: dict[str, Any] | None = None,
+                 checkpointing: bool = False) -> None:
         super().__init__(inputs)
         if inputs["noise"].kind != "noise" or inputs["label"].kind != "label":
             raise ValueError("input 'noise' must be a noise node and 'label' a label node")
@@ -221,6 +232,9 @@ class BigGANMechanism(Mechanism):
             raise ValueError(f"truncation must be in (0, 1], got {truncation}")
         if output_size is not None and output_size < 1:
             raise ValueError(f"output_size must be a positive number of pixels or None, got {output_size}")
+        if not isinstance(checkpointing, bool):
+            raise ValueError(f"checkpointing must be true or false, got {checkpointing!r}")
+        self.checkpointing = checkpointing
         self.net = self._build(model, config)
         cfg = self.net.config
         self.z_dim, self.num_classes, self.native_size = cfg.z_dim, cfg.num_classes, cfg.output_dim
@@ -250,9 +264,64 @@ class BigGANMechanism(Mechanism):
         check_shape("label", label, (noise.shape[0],))
         dtype = self.net.embeddings.weight.dtype
         z = truncated_noise(noise, self.truncation).to(dtype)
-        image = self.net(z, F.one_hot(label.long(), self.num_classes).to(dtype), self.truncation)
+        one_hot = F.one_hot(label.long(), self.num_classes).to(dtype)
+        if self.checkpointing and self.training and torch.is_grad_enabled():
+            image = self._checkpointed_forward(z, one_hot)
+        else:
+            image = self.net(z, one_hot, self.truncation)
         if self.output_size != self.native_size:
             size = (self.output_size, self.output_size)
             image = F.interpolate(image, size=size, mode="bilinear", align_corners=False,
                                   antialias=self.output_size < self.native_size)
         return image
+
+    def _checkpointed_forward(self, z: torch.Tensor, one_hot: torch.Tensor) -> torch.Tensor:
+        """`BigGAN.forward` and `Generator.forward` of pytorch-pretrained-biggan 0.1.1, step for
+        step, with each block of `generator.layers` under a non-reentrant checkpoint.
+
+        Spectral norm needs care: in training mode its forward pre-hook advances the power
+        iteration (updating the u and v buffers in place) each time a layer runs, and the
+        backward pass re-runs every checkpointed block. So the power iteration of a block's
+        layers is run here, once, as the hook would; the block then runs with those layers in
+        eval mode (the hook reuses u and v) on clones of the updated u and v passed in as
+        inputs, which the recomputation in the backward pass sees unchanged even if another
+        forward pass has moved the buffers on since. Nothing else in these blocks depends on
+        the training flag (their batch norms always use the stored statistics)."""
+        net, gen = self.net, self.net.generator
+        cond = torch.cat((z, net.embeddings(one_hot)), dim=1)
+        x = gen.gen_z(cond)
+        x = x.view(-1, 4, 4, 16 * gen.config.channel_width).permute(0, 3, 1, 2).contiguous()
+        for block in gen.layers:
+            norms = _spectral_norms(block)
+            with torch.no_grad():
+                for module, hook in norms.values():
+                    hook.compute_weight(module, do_power_iteration=True)
+            vectors = {f"{path}.{hook.name}_{end}": getattr(module, f"{hook.name}_{end}").clone()
+                       for path, (module, hook) in norms.items() for end in ("u", "v")}
+            x = checkpoint(_run_block, block, [m for m, _ in norms.values()], x, cond, self.truncation, vectors,
+                           use_reentrant=False)
+        x = gen.bn(x, self.truncation)
+        x = gen.relu(x)
+        x = gen.conv_to_rgb(x)
+        return gen.tanh(x[:, :3, ...])
+
+
+def _spectral_norms(block: nn.Module) -> dict[str, tuple[nn.Module, SpectralNorm]]:
+    """The spectral-normalised modules in `block` by path, with their hooks."""
+    return {path: (module, hook) for path, module in block.named_modules()
+            for hook in module._forward_pre_hooks.values() if isinstance(hook, SpectralNorm)}
+
+
+def _run_block(block: nn.Module, normed: list[nn.Module], x: torch.Tensor, cond: torch.Tensor, truncation: float,
+               vectors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Run one generator block with its spectral norms reading `vectors` (u and v, by buffer
+    path) without advancing them. Checkpointed: the backward pass calls this again."""
+    modes = [m.training for m in normed]
+    try:
+        for m in normed:
+            m.training = False
+        args = (x, cond, truncation) if isinstance(block, GenBlock) else (x,)
+        return torch.func.functional_call(block, vectors, args)
+    finally:
+        for m, mode in zip(normed, modes):
+            m.training = mode

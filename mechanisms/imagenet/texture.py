@@ -29,7 +29,8 @@ def _resize(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
         return x
     # bilinear (antialiased when shrinking) stays within the input's range, so the grid holds only
     # colours of the image; the reference's bicubic overshoots at edges
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    # (in fp32: the CPU's antialiased kernel has no bf16 version, and the grid needs no gradient)
+    return F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
 @torch.no_grad()
