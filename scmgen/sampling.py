@@ -24,6 +24,7 @@ from scmgen.model import SCM
 from scmgen.provenance import run_metadata
 from scmgen.spec import LabelNode, dump_spec
 from scmgen.trainer import autocast
+from scmgen.weights import used_random_init
 
 
 def intervenable_labels(model: SCM) -> list[str]:
@@ -36,20 +37,28 @@ def class_names(model: SCM, node: str) -> list[str]:
     return label.names or [str(i) for i in range(label.classes)]
 
 
+def random_weights_note(model: SCM) -> str:
+    """' [RANDOM WEIGHTS: ...]' when pretrained weights were replaced by random ones, else ''."""
+    random = sorted(set(model.random_init) | set(used_random_init()))
+    return f" [RANDOM WEIGHTS: {', '.join(random)}]" if random else ""
+
+
 def shown_classes(classes: int, at_most: int) -> torch.Tensor:
     """All classes when they fit, else `at_most` evenly spaced ones (ImageNet's 1000 do not)."""
     return torch.arange(classes) if classes <= at_most else torch.linspace(0, classes - 1, at_most).round().long()
 
 
 @torch.inference_mode()
-def counterfactual_grid(model: SCM, seed: int = 0, columns: int = 8, at_most: int = 10) -> Image.Image:
+def counterfactual_grid(model: SCM, seed: int = 0, columns: int = 8, at_most: int | None = None) -> Image.Image:
     """Rows: the first intervenable label (the shape); columns: the other intervenable labels set
     together (texture and background). Every cell shares one draw of the noise, so all that
-    changes across the grid is what was intervened on."""
+    changes across the grid is what was intervened on. Up to 10 classes all show; of more (ImageNet)
+    4 evenly spaced ones, since each cell is a full generator pass."""
     labels = intervenable_labels(model)
     if not labels:
         raise UsageError(f"graph '{model.spec.name}' has no intervenable label node to lay out a grid")
     row, cols = labels[0], labels[1:]
+    at_most = at_most or (10 if model.spec.nodes[row].classes <= 10 else 4)
     row_ids = shown_classes(model.spec.nodes[row].classes, at_most)
     col_ids = shown_classes(min(model.spec.nodes[c].classes for c in cols), at_most) if cols else None
     n_cols = len(col_ids) if col_ids is not None else columns
@@ -62,15 +71,24 @@ def counterfactual_grid(model: SCM, seed: int = 0, columns: int = 8, at_most: in
     images = model(exo, do, [model.spec.output])[model.spec.output]
     row_names, col_names = class_names(model, row), class_names(model, cols[0]) if cols else []
     col_labels = [col_names[i] for i in col_ids.tolist()] if cols else None
-    title = f"{model.spec.name}: rows do({row}), columns " + (f"do({', '.join(cols)})" if cols else "noise samples")
+    title = f"{model.spec.name}: rows do({row}), columns " + (f"do({', '.join(cols)})" if cols else "noise samples") \
+        + random_weights_note(model)
     return grid_image(images, n_cols, [row_names[i] for i in row_ids.tolist()], col_labels, title)
 
 
 @torch.inference_mode()
 def sample_grid(model: SCM, n: int, do: Mapping[str, DoValue], seed: int) -> Image.Image:
+    """n samples under `do`, titled with what was intervened on (class names where known) and a
+    warning when any weights were random."""
     images = model.sample(n, do=do, seed=seed, targets=[model.spec.output])[model.spec.output]
-    what = ", ".join(f"{k}={v}" for k, v in do.items()) or "observational"
-    return grid_image(images, nrow=min(n, 8), title=f"{model.spec.name}: {what}, seed {seed}")
+    shown = []
+    for node, value in do.items():
+        if isinstance(value, int) and isinstance(model.spec.nodes[node], LabelNode):
+            shown.append(f"{node}={value} {class_names(model, node)[value]}")
+        else:
+            shown.append(f"{node}={value}")
+    title = f"{model.spec.name}: {', '.join(shown) or 'observational'}, seed {seed}{random_weights_note(model)}"
+    return grid_image(images, nrow=min(n, 8), title=title)
 
 
 @dataclass

@@ -1,0 +1,67 @@
+"""Training images/s of an MNIST CGN graph through the generic trainer, per precision and batch
+size, as ratios to the first combination measured in the same run (machines are noisy).
+
+    python benchmarks/mnist_train_step.py --graph cgn_double_colored_mnist --batch-sizes 64 --precisions fp32,bf16
+
+Prints a Markdown table and appends it, with commit, date and machine, to benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scmgen.cli import resolve_graph  # noqa: E402
+from scmgen.data import load_dataset  # noqa: E402
+from scmgen.model import SCM  # noqa: E402
+from scmgen.provenance import run_metadata  # noqa: E402
+from scmgen.trainer import Trainer  # noqa: E402
+
+
+def images_per_second(graph: Path, batch: int, precision: str, steps: int, warmup: int, out: Path) -> float:
+    model = SCM.from_yaml(graph, [f"train.batch_size={batch}", f"train.precision={precision}"])
+    trainer = Trainer(model, load_dataset(model.spec, str(graph)), out, progress=False, tensorboard=False)
+    for _ in range(warmup):
+        trainer.train_step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer.train_step()
+    return steps * batch * model.spec.train.accumulate / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--graph", default="cgn_double_colored_mnist")
+    parser.add_argument("--batch-sizes", default="16,64,128")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    args = parser.parse_args()
+    graph = resolve_graph(args.graph)
+    rows, base = [], None
+    start = time.perf_counter()
+    for batch in [int(b) for b in args.batch_sizes.split(",")]:
+        for precision in args.precisions.split(","):
+            rate = images_per_second(graph, batch, precision, args.steps, args.warmup, Path("/tmp/scmgen-bench"))
+            base = base or rate
+            rows.append(f"| {batch} | {precision} | {rate:.0f} | {rate / base:.2f}x |")
+            print(rows[-1], flush=True)
+    meta = run_metadata("cpu", wall_seconds=round(time.perf_counter() - start, 1))
+    section = "\n".join([
+        f"\n## MNIST CGN training throughput ({graph.stem}), {meta['time'][:10]}\n",
+        f"- commit {meta['commit']}, torch {meta['torch']}, {meta['machine']}, device cpu",
+        f"- command: `python {' '.join(sys.argv)}`; {args.warmup} warm-up + {args.steps} timed steps each; "
+        f"wall {meta['wall_seconds']} s; baseline = the first row\n",
+        "| batch | precision | images/s | vs baseline |", "|---:|---|---:|---:|", *rows, ""])
+    with open(args.out, "a") as f:
+        f.write(section)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()
