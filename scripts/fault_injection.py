@@ -95,8 +95,9 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(args.seed)
     start = time.perf_counter()
-    shutil.rmtree(args.out, ignore_errors=True)
-    args.out.mkdir(parents=True)
+    for old in ("train_reference", "train_killed", "generate_reference", "generate_killed", ".generate_killed.partial"):
+        shutil.rmtree(args.out / old, ignore_errors=True)
+    args.out.mkdir(parents=True, exist_ok=True)
 
     # training: uninterrupted reference, then a run killed `kills` times
     ref = args.out / "train_reference"
