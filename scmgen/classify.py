@@ -48,6 +48,7 @@ from scmgen.errors import SpecError, UsageError
 from scmgen.evalsets import FileImages, image_folder, imagenet9, in9_decision, in9_mapping, sixteen_class_decision
 from scmgen.evalsets import cue_conflict as load_cue_conflict
 from scmgen.paths import inside
+from scmgen.progress import progress_bar
 from scmgen.provenance import run_metadata
 
 IN9_VARIANTS = ("mixed_same", "mixed_rand")
@@ -234,18 +235,6 @@ def _optimizer(model: nn.Module, recipe: Recipe, lr: float | None, batch_size: i
     return opt, torch.optim.lr_scheduler.StepLR(opt, recipe.step_epochs, recipe.gamma)
 
 
-def _progress(enabled: bool) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"), disable=not enabled)
 
 
 def train_classifier(model: InvariantClassifier, real: DataArg | None = None, counterfactuals: DataArg | None = None,
@@ -285,7 +274,7 @@ def train_classifier(model: InvariantClassifier, real: DataArg | None = None, co
     opt, schedule = _optimizer(model, rec, lr, batch_size)
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
-    with _progress(progress and info.is_main) as bar:
+    with progress_bar(progress and info.is_main) as bar:
         task = bar.add_task("classify", total=epochs * steps, status="")
         for epoch in range(epochs):
             model.train()

@@ -28,6 +28,7 @@ from scmgen.errors import ScmgenError, SpecError
 from scmgen.graph import DATA_INPUTS
 from scmgen.model import SCM, build_plugin
 from scmgen.plugins import AdversarialLoss, NodeInfo
+from scmgen.progress import progress_bar
 from scmgen.spec import OptimizerSpec, dump_spec
 
 
@@ -340,7 +341,7 @@ class Trainer:
         start = time.perf_counter()
         losses: dict[str, float] = {}
         try:
-            with self._progress() as progress:
+            with progress_bar(self.progress, "losses") as progress:
                 task = progress.add_task(self.spec.name, total=self.total_steps, completed=self.step, losses="")
                 while self.step < self.total_steps:
                     losses = self.train_step()
@@ -382,20 +383,6 @@ class Trainer:
         from torch.utils.tensorboard import SummaryWriter
 
         return SummaryWriter(str(self.out / "tensorboard"))
-
-    def _progress(self) -> Any:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                        TextColumn("{task.fields[losses]}"), disable=not self.progress, transient=False)
 
 
 def _architecture(graph_yaml: str) -> Any:
