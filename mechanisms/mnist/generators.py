@@ -61,11 +61,17 @@ class MaskGenerator(ConditionalGenerator):
     no gradient); `sigmoid` keeps a gradient everywhere."""
 
     def __init__(self, inputs: dict[str, NodeInfo], width: int = 32, init_size: int = 8, out_size: int = 32,
-                 activation: str = "clamp") -> None:
+                 activation: str = "clamp", initial_coverage: float | None = None) -> None:
         if activation not in ("clamp", "sigmoid"):
             raise ValueError(f"activation must be 'clamp' or 'sigmoid', got {activation!r}")
         self.activation = activation
         super().__init__(inputs, width, init_size, out_size, channels=1)
+        if initial_coverage is not None:
+            # start with a mask covering about this fraction of the image (sigmoid only): an object
+            # smaller than its background from the first step keeps the mask from settling inverted
+            if activation != "sigmoid" or not 0 < initial_coverage < 1:
+                raise ValueError("initial_coverage needs activation: sigmoid and a value in (0, 1)")
+            nn.init.constant_(self.head.bias, math.log(initial_coverage / (1 - initial_coverage)))
 
     @staticmethod
     def blocks(cin: int, width: int, n: int) -> list[nn.Module]:
