@@ -49,8 +49,8 @@ def load_model(checkpoint: str, device: str) -> Any:
     ImageNet CGN is before fine-tuning). Says so when weights were replaced by random ones."""
     from scmgen.model import SCM
 
-    if checkpoint.endswith((".yaml", ".yml")) or (not Path(checkpoint).exists() and not Path(checkpoint).suffix
-                                                   and (GRAPHS_DIR / f"{checkpoint}.yaml").exists()):
+    p = Path(checkpoint)
+    if p.suffix in (".yaml", ".yml") or (not p.exists() and (GRAPHS_DIR / f"{checkpoint}.yaml").exists()):
         model = SCM.from_yaml(resolve_graph(checkpoint)).to(device).eval()
     else:
         model = SCM.from_pretrained(resolve_checkpoint(checkpoint), device=device)

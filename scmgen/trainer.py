@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+import yaml
 from torch import nn
 
 from scmgen import registry
@@ -386,13 +388,10 @@ class Trainer:
 
 
 def _architecture(graph_yaml: str) -> Any:
-    import yaml
-
+    """What must match for a checkpoint to be resumed: nodes, output, losses and data (not train)."""
     raw = yaml.safe_load(graph_yaml) or {}
     return {k: raw.get(k) for k in ("nodes", "output", "losses", "data")}
 
 
 def _is_main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
