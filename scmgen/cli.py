@@ -8,8 +8,11 @@ from typing import Any
 
 import click
 
+from scmgen.bench_cli import bench_group
 from scmgen.classify_cli import classify_command
+from scmgen.counterfactual_cli import counterfactual_command
 from scmgen.errors import ScmgenError, SpecError, UsageError
+from scmgen.evaluate_cli import evaluate_command
 from scmgen.weights_cli import weights_group
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -146,52 +149,23 @@ def train(graph: str, overrides: tuple[str, ...], out: str | None, resume: bool,
       scmgen train cgn_colored_mnist --set train.steps=2000 --out runs/colored
       scmgen train runs/colored/model/graph.yaml --out runs/colored --resume
     """
-    from scmgen.data import load_dataset
-    from scmgen.images import save_image_atomic
+    from scmgen.distributed import cleanup, init_from_env
     from scmgen.model import SCM
-    from scmgen.sampling import counterfactual_grid
-    from scmgen.trainer import Trainer
+    from scmgen.training_run import train_run
 
     path = resolve_graph(graph)
     model = SCM.from_yaml(path, overrides)
     out_dir = Path(out or f"runs/{model.spec.name}")
-    if not resume and (out_dir / "checkpoints" / "latest").exists():
-        raise UsageError(f"{out_dir} already holds a training run: pass --resume to continue it or choose another --out")
-    if resume and not (out_dir / "checkpoints" / "latest").exists():
-        raise UsageError(f"--resume: no checkpoint in {out_dir}/checkpoints")
-    from scmgen.checkpoint import check_writable_parent
-
-    check_writable_parent(out_dir / "model")
-    from scmgen.distributed import cleanup, init_from_env
-
     info = init_from_env(device or model.spec.train.device)  # torchrun: one process per device
-    data = load_dataset(model.spec, str(path)) if model.spec.data else None
-    trainer = Trainer(model, data, out_dir, progress=not quiet, info=info)
-    if resume:
-        click.echo(f"resumed from step {trainer.resume()}")
-
-    def on_sample(tr: Trainer, writer: Any) -> None:
-        tr.model.eval()
-        image = counterfactual_grid(tr.model, seed=0)
-        tr.model.train()
-        save_image_atomic(image, out_dir / "samples" / f"step_{tr.step:07d}.png")
-        if writer is not None:
-            import numpy as np
-
-            writer.add_image("counterfactuals", np.asarray(image), tr.step, dataformats="HWC")
-
     note_random_init(model)
-    result = trainer.fit(on_sample=on_sample)
+    result = train_run(model, path, out_dir, resume=resume, progress=not quiet, info=info,
+                       on_resume=lambda step: click.echo(f"resumed from step {step}"))
     cleanup()
     if not info.is_main:
         return
-    model.eval()
-    model.save_pretrained(out_dir / "model", {"step": result.step, "seed": model.spec.train.seed,
-                                              "train_seconds": round(result.seconds, 2)})
-    grid = save_image_atomic(counterfactual_grid(model, seed=0), out_dir / "counterfactuals.png")
     state = "interrupted at" if result.interrupted else "finished"
-    click.echo(f"{state} step {result.step}/{result.total_steps} in {result.seconds:.1f} s; "
-               f"model: {out_dir / 'model'}; counterfactual grid: {grid}")
+    where = f"model: {out_dir / 'model'}; counterfactual grid: {out_dir / 'counterfactuals.png'}"
+    click.echo(f"{state} step {result.step}/{result.total_steps} in {result.seconds:.1f} s; {where}")
     if result.interrupted:
         sys.exit(130)
 
@@ -270,7 +244,8 @@ def intervene(checkpoint: str, do_items: tuple[str, ...], n: int, seed: int, out
 @click.option("--out", required=True, type=click.Path(), help="Output directory (written atomically).")
 @click.option("--format", "image_format", type=click.Choice(["png", "safetensors"]), default="png", show_default=True)
 @seed_option
-@click.option("--batch-size", default=500, show_default=True, type=click.IntRange(1))
+@click.option("--batch-size", default=100, show_default=True, type=click.IntRange(1),
+              help="Images per generator pass (about 100 keeps the activations in the CPU caches).")
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--part-size", default=10000, show_default=True, type=click.IntRange(1),
@@ -375,6 +350,9 @@ def plugins() -> None:
 
 cli.add_command(weights_group)
 cli.add_command(classify_command)
+cli.add_command(counterfactual_command)
+cli.add_command(evaluate_command)
+cli.add_command(bench_group)
 
 
 def main() -> None:

@@ -1,0 +1,40 @@
+"""The benchmark scripts still run (smallest settings) and the engine-overhead sanity checks hold:
+the hand-written loop computes exactly what the engine computes (same losses, same images)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import engine_overhead
+import mnist_throughput
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    # timings do not matter here; one thread keeps these tests fast on a shared machine, where two
+    # OpenMP threads waiting on each other can be many times slower (the generation worker too)
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+def test_engine_overhead_hand_loop_matches_engine() -> None:
+    result = engine_overhead.main(["--train-batches", "4", "--gen-batches", "20", "--precisions", "fp32,bf16",
+                                   "--train-reps", "1", "--gen-reps", "1", "--warmup", "0", "--out", "-"])
+    assert result["same_losses"] and result["same_images"]
+    assert set(result["train"]) == {(4, "fp32"), (4, "bf16")}
+    assert all(r > 0 for r in result["train"].values())
+
+
+def test_mnist_throughput_runs() -> None:
+    result = mnist_throughput.main(["--graphs", "cgn_double_colored_mnist", "--precisions", "bf16",
+                                    "--train-batches", "4", "--steps", "1", "--warmup", "0", "--gen-batches", "20",
+                                    "--gen-images", "20", "--matmul-size", "128", "--out", "-"])
+    assert result["train"][("cgn_double_colored_mnist", 4, "bf16")] > 0
+    rate, rss = result["generation"][("cgn_double_colored_mnist", 20, "bf16")]
+    assert rate > 0 and rss > 0
