@@ -38,9 +38,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch
 import torch.nn.functional as F
+from report import cpu_model, publish
 
 from scmgen.data import ImageSet, load_dataset, to_uint8
 from scmgen.model import SCM
@@ -278,21 +280,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         section += ["Engine slower than the target: cProfile of engine steps (scmgen/ functions by self time):",
                     "", "```", *[p.rstrip() for p in profiles], "```", ""]
     text = "\n".join(section)
-    if str(args.out) != "-":
-        with open(args.out, "a") as f:
-            f.write(text)
-    print(text)
+    publish(text, args.out)
     return result
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

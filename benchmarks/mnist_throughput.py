@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch
 from mnist_train_step import images_per_second
+from report import cpu_model, publish
 from torch.utils.flop_counter import FlopCounterMode
 
 from scmgen.cli import resolve_graph
@@ -215,21 +216,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "fraction | RSS model MiB | RSS peak MiB |"),
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|", *gen_rows, ""]
     text = "\n".join(section)
-    if str(args.out) != "-":
-        with open(args.out, "a") as f:
-            f.write(text)
-    print(text)
+    publish(text, args.out)
     return result
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 if __name__ == "__main__":

@@ -33,16 +33,20 @@ from tests.conftest import TINY
 
 @pytest.fixture(scope="module", autouse=True)
 def _module_record() -> Iterator[None]:
-    """The random-VGG record that LPIPS leaves stays in this module (other tests count note lines)."""
-    saved = weights._state["used_random"]
+    """The random-VGG record that LPIPS leaves stays in this module (other tests count note lines).
+    One thread: these many small passes ran 50x slower with two threads on a busy two-core machine."""
+    saved, threads = weights._state["used_random"], torch.get_num_threads()
     weights._state["used_random"] = set()
+    torch.set_num_threads(1)
     yield
     weights._state["used_random"] = saved
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
 def _test_record(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(weights._state, "used_random", set())
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -26,16 +27,20 @@ FAST = {"n": 24, "n_generated": 24, "n_composition": 3, "steps": 1, "encoder_ste
 
 @pytest.fixture(scope="module", autouse=True)
 def _module_record() -> Iterator[None]:
-    """The random-VGG record that LPIPS leaves stays in this module (other tests count note lines)."""
-    saved = weights._state["used_random"]
+    """The random-VGG record that LPIPS leaves stays in this module (other tests count note lines).
+    One thread: these many small passes ran 50x slower with two threads on a busy two-core machine."""
+    saved, threads = weights._state["used_random"], torch.get_num_threads()
     weights._state["used_random"] = set()
+    torch.set_num_threads(1)
     yield
     weights._state["used_random"] = saved
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
 def _test_record(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     monkeypatch.setitem(weights._state, "used_random", set())
+    torch.set_num_threads(1)
     monkeypatch.setenv("SCMGEN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
@@ -67,8 +72,12 @@ def test_frechet_distance_of_a_set_with_itself_is_zero_and_grows_with_a_shift() 
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
     assert frechet_distance(a, a + 1) == pytest.approx(6.0, rel=1e-6)  # |mean shift|^2
     assert frechet_distance(a, 2 * a) == pytest.approx(6.0, rel=0.1)  # sum (2 - 1)^2 of the std ratios
-    b = torch.randn(2000, 6, generator=torch.Generator().manual_seed(1))
-    assert frechet_distance(a, b) < 0.05 < frechet_distance(a, b + 0.5)
+    b = torch.randn(2000, 6, generator=torch.Generator().manual_seed(1)) @ torch.randn(6, 6) + 0.3
+    scipy = pytest.importorskip("scipy.linalg")  # the textbook formula with scipy's matrix square root
+    s_a, s_b = np.cov(a.double().numpy(), rowvar=False), np.cov(b.double().numpy(), rowvar=False)
+    textbook = ((a.double().mean(0) - b.double().mean(0)) ** 2).sum().item() + np.trace(s_a + s_b) \
+        - 2 * np.trace(scipy.sqrtm(s_a @ s_b).real)
+    assert frechet_distance(a, b) == pytest.approx(textbook, rel=1e-6)
 
 
 def test_predictors_train_once_per_data_set(checkpoints: dict[str, Path], tmp_path: Path) -> None:
