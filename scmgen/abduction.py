@@ -265,10 +265,14 @@ def load_or_train_encoder(model: SCM, directory: Path | None, steps: int = 600, 
     one (saved there when `directory` is given). `say` reports what happened."""
     digest = weights_digest(model)
     if directory is not None and (directory / "config.json").exists() and not retrain:
-        encoder = Encoder.from_pretrained(directory, model.device)
-        if encoder.meta.get("scm_weights") == digest and encoder.fits(model):
-            return encoder
-        say(f"the encoder in {directory} was trained for other weights or another graph: retraining it")
+        try:
+            encoder = Encoder.from_pretrained(directory, model.device)
+        except SpecError as e:  # an older version or a damaged file: a new one is the fix
+            say(f"{e}: retraining it")
+        else:
+            if encoder.meta.get("scm_weights") == digest and encoder.fits(model):
+                return encoder
+            say(f"the encoder in {directory} was trained for other weights or another graph: retraining it")
     where = f" (saved to {directory})" if directory is not None else ""
     say(f"training the abduction encoder for '{model.spec.name}': {steps} steps on its own samples{where}")
     encoder, stats = train_encoder(model, steps=steps, progress=progress)
@@ -346,7 +350,7 @@ class Abduction:
 
 
 def abduct(model: SCM, encoder: Encoder, images: torch.Tensor, steps: int = 0, *,
-           distance: ImageDistance | None = None, lr: float = 0.05, perceptual_weight: float = 1.0,
+           distance: ImageDistance | None = None, lr: float = 0.2, perceptual_weight: float = 1.0,
            prior_weight: float = 1e-3, top_k: int = 1, batch_size: int = 256, precision: str = "bf16") -> Abduction:
     """Infer noise and labels of `images` (N, C, H, W in [-1, 1]): the encoder's prediction, the
     labels as its argmax (or, with `top_k` > 1, per label node the one of its top k classes that

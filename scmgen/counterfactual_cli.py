@@ -3,6 +3,7 @@ labels (encoder, then optionally N optimisation steps), intervene, recompute the
 write the counterfactual PNGs, a panel and the reconstruction errors as JSON."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,7 @@ def _stems(paths: list[Path]) -> list[str]:
               help="One counterfactual per --do (repeatable); commas make a joint intervention.")
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(0),
               help="Optimisation steps of the noise after the encoder (L1 + LPIPS); 0 = encoder only (fast).")
-@click.option("--top-k", default=1, show_default=True, type=click.IntRange(1),
+@click.option("--top-k", default=3, show_default=True, type=click.IntRange(1),
               help="Try each label node's k most likely classes and keep the best reconstruction.")
 @click.option("--out", default=Path("counterfactuals"), show_default=True, type=click.Path(path_type=Path),
               help="Output folder (files in it are replaced atomically).")
@@ -151,7 +152,7 @@ def counterfactual_command(checkpoint: str, images: tuple[Path, ...], do_items: 
         if note:
             notes[str(path)] = note
             click.echo(f"note: {path}: {note}", err=True)
-    say = (lambda text: click.echo(text, err=True))
+    say = functools.partial(click.echo, err=True)
     directory = encoder_dir or _default_encoder_dir(checkpoint, model)
     encoder = load_or_train_encoder(model, directory, encoder_steps, retrain_encoder, progress=not quiet, say=say)
     distance = ImageDistance().to(model.device)

@@ -3,6 +3,7 @@
 comparison table when there are several."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,7 @@ def evaluate_command(checkpoints: tuple[str, ...], out: Path, n: int, n_generate
     from scmgen.checkpoint import check_writable_parent
 
     check_writable_parent(out / "report")
-    say = (lambda text: click.echo(text, err=True))
+    say = functools.partial(click.echo, err=True)
     reports: dict[str, Any] = {}
     for name, directory in zip(names, dirs):
         start = time.perf_counter()

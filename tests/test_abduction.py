@@ -198,3 +198,16 @@ def test_cli_bad_input_is_one_line_and_exit_2(checkpoint: Path, images: list[Pat
     args = [str(images[3]) if a == "TEXT" else str(images[0]) if a == "GOOD" else a for a in args]
     _, stderr = run("counterfactual", checkpoint, *args, "--encoder-steps", 2, "--steps", 0, "--out", tmp_path, code=2)
     assert message in stderr
+
+
+def test_the_imagenet_graph_takes_the_same_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """tiny_imagenet (BigGAN mechanisms sharing one noise, a frozen U2-Net mask) under --random-init."""
+    monkeypatch.setenv(weights.CACHE_ENV, str(tmp_path / "weights"))
+    monkeypatch.setitem(weights._state, "random_init", True)
+    model = SCM.from_yaml(Path(__file__).resolve().parent.parent / "graphs" / "tiny_imagenet.yaml").eval()
+    assert abduction_targets(model) == ({"u": 16}, {"shape": 10, "texture": 10, "background": 10})
+    encoder = train_encoder(model, steps=2, batch_size=4, precision="fp32", progress=False)[0]
+    found = abduct(model, encoder, torch.rand(2, 3, 32, 32) * 2 - 1, steps=1, precision="fp32")
+    cf = counterfactual_of(model, found, {"background": torch.tensor([(int(b) + 1) % 10 for b in found.labels["background"]])})
+    assert torch.equal(cf["mask"], found.values["mask"]) and torch.equal(cf["foreground"], found.values["foreground"])
+    assert "teacher" not in found.values  # the frozen teacher is not needed for the image

@@ -82,7 +82,7 @@ def evaluate_model(model: SCM, checkpoint: str | Path, *, n: int = 500, n_genera
     encoder = watch("encoder", lambda: load_or_train_encoder(model, encoder_directory(checkpoint), encoder_steps,
                                                              progress=progress, say=say))
     test = real_data(model.spec, source, "test")
-    n = min(n, len(test))
+    n = min(n, len(test) // 2)  # the other half is the realism reference, disjoint from the real set
     real = to_float(test.images[:n]).to(model.device)
     truth = {f: t[:n] for f, t in test.factors.items()}
     class_factor = class_factor_of(test.factors, test.labels)
@@ -112,7 +112,7 @@ def evaluate_model(model: SCM, checkpoint: str | Path, *, n: int = 500, n_genera
                        "real": minimality(model, found.values, generator)},
         "composition": watch("composition", lambda: composition(model, encoder, real[:n_composition], steps,
                                                                 distance)),
-        "realism": watch("realism", lambda: realism(predictors, test.images, real, {
+        "realism": watch("realism", lambda: realism(predictors, test.images[n:], real, {
             "generated": generated[out][:n], "reconstruction": found.reconstruction,
             "counterfactual": one_each(cf_images)})),
     }
