@@ -188,9 +188,10 @@ def markdown(r: Mapping[str, Any]) -> str:
               "| m | L1 | LPIPS |", "|---|---|---|"]
     lines += [f"| {m} | {_num(v['l1'])} | {_num(v['lpips'])} |" for m, v in r["composition"].items()]
     re = r["realism"]
-    lines += ["", "## Realism", "", f"Frechet distance to all {re['reference_images']} real test images in the "
-              f"{re['feature_space']} feature space, each set of {s['n']} images; `real`: {s['n']} real test images "
-              "(the floor that the sample size sets; reconstructions and counterfactuals are of these). "
+    lines += ["", "## Realism", "", f"Frechet distance to {re['reference_images']} real test images (the rest of "
+              f"the test split) in the {re['feature_space']} feature space, each set of {s['n']} images; "
+              f"`real`: {s['n']} real test images (the floor that the sample size sets; reconstructions and "
+              "counterfactuals are of these). "
               + ("FID: " + re["fid_note"] + "." if re.get("fid_note") else ""), "",
               "| set | FD | FID |", "|---|---|---|"]
     fid = re.get("fid") or {}
