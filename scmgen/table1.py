@@ -68,8 +68,8 @@ CORRELATIONS_5 = (0.9, 0.925, 0.95, 0.975, 1.0)
 # Penalty weights are DomainBed's defaults (IRM 1e2, V-REx 1e1, GroupDRO eta 1e-2) with the penalty
 # switched on after the first epoch, and LNTL's reversal at 0.1. A first run with the weights the IRM
 # and V-REx papers used on Colored MNIST (1e4) and LNTL at full strength collapsed *training*
-# accuracy (colored MNIST: IRM 41% / 70%, V-REx 32%, LNTL 10%), so they were replaced; chosen on
-# training accuracy only, never on a test set.
+# accuracy (numbers in issue 3's note), so they were replaced; chosen on training accuracy only,
+# never on a test set.
 METHODS = {m.key: m for m in (
     Method("original", "Original", "original"),
     Method("gan", "Original + GAN", "original+gan"),
@@ -276,8 +276,8 @@ class Table1:
             evaluated_on = _pool(environments)
         elif method.train_on in ("original+cgn", "cgn"):
             cf = counterfactual_set(sets["counterfactuals"])
-            # the shape head only: texture and background heads on the shared 64-feature backbone cost
-            # 17 points of test accuracy (double-colored, counterfactuals only, 2 epochs: 31.0% vs 48.4%)
+            # the shape head only: texture and background heads on the shared 64-feature backbone made
+            # it learn the digit markedly slower (measurement in issue 3's note)
             model = InvariantClassifier("mnist.cnn", {"shape": 10})
             real_fraction = 0.5 if method.train_on == "original+cgn" else 0.0
             result = train_classifier(model, train if real_fraction else None, cf, real_fraction=real_fraction, **kw)
