@@ -4,7 +4,6 @@ minimality of generated samples, cached predictors, a one-mechanism cGAN, and `s
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +24,7 @@ FAST = {"n": 24, "n_generated": 24, "n_composition": 3, "steps": 1, "encoder_ste
         "progress": False}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _module_record() -> Iterator[None]:
-    """The random-VGG record that LPIPS leaves stays in this module (other tests count note lines).
-    One thread: these many small passes ran 50x slower with two threads on a busy two-core machine."""
-    saved, threads = weights._state["used_random"], torch.get_num_threads()
-    weights._state["used_random"] = set()
-    torch.set_num_threads(1)
-    yield
-    weights._state["used_random"] = saved
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("random_vgg_record_per_module")
 
 
 @pytest.fixture(autouse=True)
