@@ -27,13 +27,16 @@ def bench_group() -> None:
 @bench_group.command("table1")
 @click.option("--datasets", default="colored,double_colored,wildlife", show_default=True,
               help="Comma-separated: colored, double_colored, wildlife.")
-@click.option("--methods", default="original,gan,irm2,irm5,lntl,cgn,cgn_only,vrex,groupdro", show_default=True,
+@click.option("--methods", default="original,gan,irm2,irm5,lntl,cgn,cgn_only,vrex,groupdro,oracle", show_default=True,
               help="Comma-separated rows of the table.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; mean and spread when several.")
 @click.option("--out", default="results/table1", show_default=True, type=click.Path(),
               help="Writes table1.md, table1.json and a PNG per data set; stages are cached in OUT/cache.")
 @click.option("--cgn-steps", type=click.IntRange(1), default=4000, show_default=True,
               help="CGN training steps (the graphs' own: 2500).")
+@click.option("--cgn-set", "cgn_overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a field of the CGN graphs, e.g. --cgn-set losses.gan.critic.plugin=mnist.conv "
+                   "(repeatable; for ablations: the stages are cached per override).")
 @click.option("--gan-steps", type=click.IntRange(1), default=None, help="Default: graphs/cgan_mnist.yaml's.")
 @click.option("--counterfactuals", "n_counterfactuals", type=click.IntRange(10), default=50_000, show_default=True,
               help="Images in each counterfactual set and each cGAN sample set (reference: 100000).")
@@ -45,7 +48,7 @@ def bench_group() -> None:
               help="Use only the first N training and test images (smoke runs).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress display.")
-def table1_command(datasets: str, methods: str, seeds: str, out: str, cgn_steps: int | None, gan_steps: int | None,
+def table1_command(datasets: str, methods: str, seeds: str, out: str, cgn_steps: int | None, cgn_overrides: tuple[str, ...], gan_steps: int | None,
                    n_counterfactuals: int, epochs: int, batch_size: int, precision: str, limit: int | None,
                    device: str, quiet: bool) -> None:
     """Table 1 of the CGN paper: a classifier per method on colored, double-colored and Wildlife
@@ -59,6 +62,7 @@ def table1_command(datasets: str, methods: str, seeds: str, out: str, cgn_steps:
     from scmgen.table1 import Settings, Table1
 
     settings = Settings(datasets=_names(datasets), methods=_names(methods), seeds=_ints(seeds), cgn_steps=cgn_steps,
+                        cgn_overrides=list(cgn_overrides),
                         gan_steps=gan_steps, counterfactuals=n_counterfactuals, epochs=epochs,
                         batch_size=batch_size, precision=precision, limit=limit, device=device)
     table = Table1(settings, out, progress=not quiet)

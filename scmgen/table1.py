@@ -38,7 +38,7 @@ from scmgen.objectives import make_objective
 from scmgen.progress import progress_bar
 from scmgen.provenance import run_metadata
 from scmgen.sampling import counterfactual_grid, generate_dataset, random_weights_note
-from scmgen.spec import GraphSpec, parse_spec, read_yaml
+from scmgen.spec import GraphSpec, apply_overrides, parse_spec, read_yaml
 from scmgen.training_run import has_checkpoint, train_run
 
 GRAPHS = Path(__file__).resolve().parent.parent / "graphs"
@@ -61,6 +61,7 @@ class Method:
     environments: tuple[float, ...] = ()
     weight: float = 0.0  # the objective's penalty weight (GroupDRO: eta; LNTL: reversal strength)
     anneal_epochs: int = 0
+    reads_counterfactuals: bool = False  # also report how many counterfactuals it labels as their do(shape)
 
 
 CORRELATIONS_2 = (0.9, 1.0)
@@ -80,6 +81,10 @@ METHODS = {m.key: m for m in (
     Method("cgn_only", "CGN counterfactuals only (the reference code)", "cgn"),
     Method("vrex", "V-REx (5 envs)", "environments", "vrex", CORRELATIONS_5, 1e1, 1),
     Method("groupdro", "GroupDRO (5 envs)", "environments", "groupdro", CORRELATIONS_5, 1e-2, 0),
+    # not a method: the same classifier and schedule on the real training digits with colours / textures
+    # drawn at random, i.e. what perfect counterfactuals could give at most
+    Method("oracle", "Ceiling: real training digits, colours / textures random", "environments", "erm", (0.0,),
+           reads_counterfactuals=True),
 )}
 PAPER_ROWS = {"original": "Original", "irm2": "IRM (2 envs)", "irm5": "IRM (5 envs)", "lntl": "LNTL",
               "gan": "Original + GAN", "cgn": "Original + CGN"}
@@ -106,6 +111,7 @@ class Settings:
     # the CGN's shapes keep improving past the 2500 steps of `make demo` (read off the grids at
     # 1500 / 2500 steps), so the table trains it longer; the cGAN keeps its graph's 2500
     cgn_steps: int | None = 4000  # None: the graph's own train.steps
+    cgn_overrides: list[str] = field(default_factory=list)  # `--set` items for the CGN graphs (ablations)
     gan_steps: int | None = None
     counterfactuals: int = 50_000  # the classifier sees 50k counterfactuals in 2 epochs at half of each batch
     epochs: int = 2
@@ -121,6 +127,9 @@ class Settings:
                 raise UsageError(f"{what} {','.join(chosen)}: expected a comma-separated list of {', '.join(known)}")
         if not self.seeds:
             raise UsageError("--seeds: expected at least one seed, e.g. 0,1,2")
+        for dataset in self.datasets:  # a bad --cgn-set fails here, before anything is written
+            path = GRAPHS / f"{DATASETS[dataset].graph}.yaml"
+            parse_spec(apply_overrides(read_yaml(path), self.cgn_overrides, "--cgn-set"), str(path))
 
 
 def _key(**parts: Any) -> str:
@@ -165,7 +174,7 @@ class Table1:
     def _stages_needed(self) -> list[str]:
         ways = {METHODS[m].train_on for m in self.s.methods}
         needed = []
-        if ways & {"original+cgn", "cgn"}:
+        if ways & {"original+cgn", "cgn"} or any(METHODS[m].reads_counterfactuals for m in self.s.methods):
             needed += ["cgn", "counterfactuals"]
         if "original+gan" in ways:
             needed += ["gan", "gan_samples"]
@@ -192,7 +201,9 @@ class Table1:
         overrides = [*overrides, f"train.seed={seed}", f"train.device={self.s.device}", "train.sample_every=0",
                      *([f"train.steps={steps}"] if steps else [])]
         path = GRAPHS / f"{graph}.yaml"
-        folder, params = self._stage_dir(dataset, seed, stage, graph=graph, overrides=overrides)
+        # the graph's text is part of the key: an edited recipe must not reuse a model trained on the old one
+        folder, params = self._stage_dir(dataset, seed, stage, graph=graph, overrides=overrides,
+                                         graph_sha256=hashlib.sha256(path.read_bytes()).hexdigest()[:16])
         cached = _cached(folder)
         if cached:
             self._record(dataset, seed, stage, cached)
@@ -291,6 +302,11 @@ class Table1:
                "test_accuracy": accuracy(model, test, self.s.precision, self.s.device),
                "seconds": round(result.seconds, 3), "images_per_second": round(result.images_per_second, 1),
                "epochs": result.epochs, "history": result.history, "params": params}
+        if method.reads_counterfactuals and "counterfactuals" in sets:
+            # shape fidelity of the CGN: a classifier that never saw a generated image reads do(shape)
+            cf = counterfactual_set(sets["counterfactuals"])
+            row["counterfactual_shape_fidelity"] = accuracy(model, ImageSet(cf.images, cf.labels["shape"], {}),
+                                                            self.s.precision, self.s.device)
         folder.mkdir(parents=True, exist_ok=True)
         _write_stage(folder, row)
         self._finish_unit()
@@ -305,8 +321,9 @@ class Table1:
                 sets: dict[str, Path] = {}
                 needed = self._stages_needed()
                 if "cgn" in needed:
-                    cgn = self._train_graph(dataset, seed, "cgn", DATASETS[dataset].graph, [])
+                    cgn = self._train_graph(dataset, seed, "cgn", DATASETS[dataset].graph, self.s.cgn_overrides)
                     sets["counterfactuals"] = self._generate(dataset, seed, "counterfactuals", cgn, per_shape=10)
+                    self.records.setdefault(dataset, {}).setdefault("masks", {})[str(seed)] = mask_report(cgn[0])
                     if seed == self.s.seeds[0]:
                         self._figure(dataset, train, cgn[0])
                 if "gan" in needed:
@@ -371,6 +388,14 @@ def accuracy(model: InvariantClassifier, data: ImageSet, precision: str = "bf16"
     return correct / len(data)
 
 
+def mask_report(cgn: SCM) -> dict[str, list]:
+    """The shape mechanism's mean mask per class (digits cover about a fifth of the image) and
+    the classes whose mask it flipped after training (see MaskGenerator)."""
+    mask = cgn.mechanisms["mask"]
+    return {"coverage": [round(v, 3) for v in mask.coverage().tolist()],
+            "flipped": torch.nonzero(mask.inverted).flatten().tolist()}
+
+
 def summarise(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Mean and (with more than one seed) standard deviation of train and test accuracy."""
     out: dict[str, Any] = {"seeds": len(per_seed)}
@@ -407,12 +432,26 @@ def markdown(payload: dict[str, Any]) -> str:
         cells = [_cell(payload["datasets"][d].get("summary", {}).get(key), DATASETS[d].paper.get(key))
                  for d in datasets]
         lines.append(f"| {method.title} | " + " | ".join(cells) + " |")
+    fidelity = {d: [r["counterfactual_shape_fidelity"] for r in payload["datasets"][d].get("rows", {})
+                    .get("oracle", {}).values() if "counterfactual_shape_fidelity" in r] for d in datasets}
+    if any(fidelity.values()):
+        lines += ["", "Shape fidelity of the CGN's counterfactuals (the share the ceiling classifier, which never saw a "
+                  "generated image, labels as their do(shape)): " + " · ".join(
+                      f"{DATASETS[d].title} {100 * statistics.mean(v):.1f}%" for d, v in fidelity.items() if v) + "."]
+    masks = {d: next(iter(m.values())) for d in datasets if (m := payload["datasets"][d].get("masks"))}
+    if masks:
+        lines += ["", "CGN masks, first seed: mean of do(shape=0..9), and the classes whose mask came out of training "
+                  "on the background and was flipped: " + " · ".join(
+                      f"{DATASETS[d].title} {' '.join(f'{v:.2f}' for v in m['coverage'])}, flipped "
+                      f"{', '.join(map(str, m['flipped'])) or 'none'}" for d, m in masks.items()) + "."]
     lines += ["", f"Classifier: the reference's CNN, Adadelta lr 1.0 x0.7 per epoch, batch {settings['batch_size']}, "
               f"{settings['epochs']} epochs (reference: 10), {settings['precision']} autocast; CGN rows: the shape head "
               "alone (texture and background heads on the shared backbone slow it down); counterfactual and cGAN "
               f"sets of {settings['counterfactuals']} images; CGN steps: {settings['cgn_steps'] or 'graph'}; "
               "IRM / V-REx / GroupDRO / LNTL weights: DomainBed's defaults (see scmgen/table1.py), never chosen on a "
               "test set."
+              + (f" CGN graph overrides: `{' '.join(settings['cgn_overrides'])}`." if settings.get("cgn_overrides")
+                 else "")
               + (f" Only the first {settings['limit']} training and test images (smoke run)." if settings["limit"]
                  else ""), "", "## Wall time per stage (seconds)", "",
               "| data set | seed | stage | seconds | images/s | cached |", "|---|---|---|---|---|---|"]

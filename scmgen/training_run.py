@@ -15,6 +15,7 @@ from scmgen.distributed import DistInfo
 from scmgen.errors import UsageError
 from scmgen.images import save_image_atomic
 from scmgen.model import SCM
+from scmgen.plugins import Mechanism
 from scmgen.sampling import counterfactual_grid
 from scmgen.trainer import Trainer, TrainResult
 
@@ -51,6 +52,9 @@ def train_run(model: SCM, graph_path: Path, out_dir: Path, *, resume: bool = Fal
             writer.add_image("counterfactuals", np.asarray(image), tr.step, dataformats="HWC")
 
     result = trainer.fit(on_sample=on_sample)
+    for mechanism in model.mechanisms.values():
+        if isinstance(mechanism, Mechanism):
+            mechanism.after_training()
     if trainer.info.is_main:
         model.eval()
         model.save_pretrained(out_dir / "model", {"step": result.step, "seed": model.spec.train.seed,

@@ -19,6 +19,37 @@ def test_initial_coverage_sets_the_starting_mask_mean() -> None:
         MaskGenerator(INPUTS, activation="clamp", initial_coverage=0.2)
 
 
+def test_after_training_flips_exactly_the_classes_whose_mask_covers_the_background(tmp_path) -> None:
+    from scmgen.checkpoint import load_module, save_module
+
+    torch.manual_seed(0)
+    mask = MaskGenerator(INPUTS, width=8, init_size=4, out_size=16, activation="sigmoid", initial_coverage=0.8)
+    with torch.no_grad():  # a constant mask: the head reads nothing but its bias
+        mask.embed.weight.zero_()
+        mask.fc.weight[:, 8:] = 0.0
+        mask.head.bias.zero_()
+        mask.head.weight.zero_()
+    raw = mask.coverage()
+    assert torch.allclose(raw, torch.full((4,), 0.5), atol=1e-3)  # all logits 0 so far
+    with torch.no_grad():
+        mask.head.bias.fill_(1.386)  # logit of 0.8
+        mask.inverted[[0, 2]] = True  # pretend classes 0 and 2 were flipped before, 1 and 3 not
+    before = mask.coverage()
+    assert torch.allclose(before, torch.tensor([0.2, 0.8, 0.2, 0.8]), atol=1e-3)
+    mask.train()
+    mask.after_training()
+    assert mask.inverted.tolist() == [True] * 4 and mask.training
+    assert torch.allclose(mask.coverage(), torch.full((4,), 0.2), atol=1e-3)
+    save_module(mask, tmp_path / "mask.safetensors")  # the orientation travels with the weights
+    again = MaskGenerator(INPUTS, width=8, init_size=4, out_size=16, activation="sigmoid")
+    load_module(again, tmp_path / "mask.safetensors", "test")
+    assert again.inverted.tolist() == [True] * 4
+    off = MaskGenerator(INPUTS, width=8, init_size=4, out_size=16, activation="sigmoid", initial_coverage=0.8,
+                        orient=False)
+    off.after_training()
+    assert off.inverted.tolist() == [False] * 4
+
+
 def test_texture_shift_only_in_training_and_is_a_roll() -> None:
     texture = TextureGenerator(INPUTS, width=8, init_size=4, out_size=16)
     noise, label = torch.randn(3, 8), torch.tensor([0, 1, 2])

@@ -38,6 +38,11 @@ def test_every_row_is_measured_and_written_with_provenance(bench: tuple[Path, di
     for method in METHODS.values():
         assert f"| {method.title} |" in table
     assert "(97.4 / 89.0)" in table  # the paper's Original + CGN numbers beside ours
+    fidelity = rows["oracle"]["0"]["counterfactual_shape_fidelity"]
+    assert 0.0 <= fidelity <= 1.0 and f"double-colored MNIST {100 * fidelity:.1f}%" in table
+    masks = payload["datasets"]["double_colored"]["masks"]["0"]
+    assert len(masks["coverage"]) == 10 and all(0.0 < c <= 0.5 for c in masks["coverage"])  # oriented
+    assert "double-colored MNIST " + " ".join(f"{c:.2f}" for c in masks["coverage"]) in table
     assert (out / "double_colored.png").stat().st_size > 10_000
 
 
@@ -61,10 +66,23 @@ def test_a_changed_setting_recomputes_only_what_depends_on_it(bench: tuple[Path,
     assert not record["rows"]["original"]["0"].get("cached") and record["rows"]["original"]["0"]["epochs"] == 2
 
 
+def test_cgn_overrides_retrain_the_cgn_and_are_reported(bench: tuple[Path, dict]) -> None:
+    out, first = bench
+    result = CliRunner().invoke(cli, ["bench", "table1", *TINY, "--methods", "cgn_only", "--out", str(out),
+                                      "--cgn-set", "losses.gan.critic.plugin=mnist.conv"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "table1.json").read_text())["datasets"]["double_colored"]
+    assert not record["stages"]["0"]["cgn"].get("cached")
+    assert record["stages"]["0"]["cgn"]["params"]["overrides"][0] == "losses.gan.critic.plugin=mnist.conv"
+    assert "CGN graph overrides: `losses.gan.critic.plugin=mnist.conv`" in (out / "table1.md").read_text()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--datasets", "fashion"], "--datasets fashion: expected a comma-separated list of colored, double_colored"),
     (["--methods", "erm"], "--methods erm: expected a comma-separated list of original"),
     (["--seeds", "a,b"], "--seeds a,b: expected comma-separated integers"),
+    (["--cgn-set", "train.steps"], "--cgn-set: train.steps: expected KEY=VALUE"),
+    (["--cgn-set", "train.batch_size=many"], "train.batch_size"),
 ])
 def test_bad_choices_are_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:
     result = CliRunner().invoke(cli, ["bench", "table1", *args, "--out", str(tmp_path / "t")])

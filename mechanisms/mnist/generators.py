@@ -58,14 +58,22 @@ class ConditionalGenerator(Mechanism):
 class MaskGenerator(ConditionalGenerator):
     """The shape mechanism: a one-channel mask in [1e-4, 0.9999]. `activation: clamp` is the
     reference (instance norm, then clamp: saturates to hard 0/1 quickly, but clamped pixels get
-    no gradient); `sigmoid` keeps a gradient everywhere."""
+    no gradient); `sigmoid` keeps a gradient everywhere.
+
+    Orientation: the composer gives the same image for (m, f, b) and (1 - m, b, f), so nothing in
+    training says which layer is the object, and a class can come out with its mask on the
+    background. Then do(texture) paints that class's background, and in counterfactuals the
+    colour of the stroke depends on the shape class, a shortcut that does not exist in real images
+    (measured in issue 3's note). With `orient: true` the mask flips, after training, every class
+    whose mean mask exceeds one half: objects are the smaller layer."""
 
     def __init__(self, inputs: dict[str, NodeInfo], width: int = 32, init_size: int = 8, out_size: int = 32,
-                 activation: str = "clamp", initial_coverage: float | None = None) -> None:
+                 activation: str = "clamp", initial_coverage: float | None = None, orient: bool = True) -> None:
         if activation not in ("clamp", "sigmoid"):
             raise ValueError(f"activation must be 'clamp' or 'sigmoid', got {activation!r}")
-        self.activation = activation
+        self.activation, self.orient = activation, orient
         super().__init__(inputs, width, init_size, out_size, channels=1)
+        self.register_buffer("inverted", torch.zeros(self.classes, dtype=torch.bool))  # per class: flip the mask
         if initial_coverage is not None:
             # start with a mask covering about this fraction of the image (sigmoid only): an object
             # smaller than its background from the first step keeps the mask from settling inverted
@@ -84,7 +92,24 @@ class MaskGenerator(ConditionalGenerator):
 
     def forward(self, noise: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         m = self.head(self.features(noise, label)).float()  # fp32: bf16 rounds 0.9999 to 1
-        return (m if self.activation == "clamp" else torch.sigmoid(m)).clamp(1e-4, 0.9999)
+        m = (m if self.activation == "clamp" else torch.sigmoid(m)).clamp(1e-4, 0.9999)
+        return torch.where(self.inverted[label].view(-1, 1, 1, 1), 1 - m, m)
+
+    @torch.no_grad()
+    def coverage(self, per_class: int = 100, seed: int = 0) -> torch.Tensor:
+        """Mean mask of each class over `per_class` fixed noise draws."""
+        was_training = self.training
+        self.eval()
+        g = torch.Generator().manual_seed(seed)
+        device = self.inverted.device
+        means = [self(torch.randn(per_class, self.noise_dim, generator=g).to(device),
+                      torch.full((per_class,), c, device=device)).mean() for c in range(self.classes)]
+        self.train(was_training)
+        return torch.stack(means).cpu()
+
+    def after_training(self) -> None:
+        if self.orient:
+            self.inverted ^= (self.coverage() > 0.5).to(self.inverted.device)
 
 
 class TextureGenerator(ConditionalGenerator):
