@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import engine_overhead
+import mask_orientation
 import mnist_throughput
 
 
@@ -38,3 +39,17 @@ def test_mnist_throughput_runs() -> None:
     assert result["train"][("cgn_double_colored_mnist", 4, "bf16")] > 0
     rate, rss = result["generation"][("cgn_double_colored_mnist", 20, "bf16")]
     assert rate > 0 and rss > 0
+
+
+def test_mask_orientation_runs_and_orients(tmp_path: Path) -> None:
+    from scmgen.model import SCM
+
+    model = SCM.from_yaml(ROOT / "graphs" / "cgn_double_colored_mnist.yaml")
+    with torch.no_grad():  # an untrained mask that covers the background for every class
+        model.mechanisms["mask"].head.bias.fill_(3.0)
+    model.save_pretrained(tmp_path / "model", {"step": 0})
+    result = mask_orientation.main([str(tmp_path / "model"), "--counterfactuals", "100", "--limit", "200",
+                                    "--epochs", "1", "--out", "-"])
+    assert result["as trained"]["flipped"] == [] and min(result["as trained"]["coverage"]) > 0.5
+    assert result["oriented"]["flipped"] == list(range(10)) and max(result["oriented"]["coverage"]) < 0.5
+    assert all(0.0 <= r["fidelity"] <= 1.0 and 0.0 <= r["test_accuracy"] <= 1.0 for r in result.values())
