@@ -86,6 +86,12 @@ class SCM(nn.Module):
                 if not node.trainable:
                     module.requires_grad_(False)
                 self.mechanisms[name] = module
+        built = dict(self.mechanisms)
+        for name, module in built.items():
+            try:
+                module.bind(built)
+            except ValueError as e:
+                raise SpecError(source, f"nodes.{name}.params", str(e)) from None
 
     # -- construction -----------------------------------------------------------------------
     @classmethod

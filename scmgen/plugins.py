@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -41,6 +41,11 @@ class Mechanism(nn.Module):
     def __init__(self, inputs: dict[str, NodeInfo]) -> None:
         super().__init__()
         self.input_info = inputs
+
+    def bind(self, mechanisms: Mapping[str, "Mechanism"]) -> None:
+        """Called once the graph's mechanisms are all built, with them by node name: for a
+        mechanism whose meaning after training depends on another's state (the MNIST textures
+        follow the mask's orientation). Raise ValueError for a bad reference. Nothing by default."""
 
     def after_training(self) -> None:
         """Called once when training ends, before the model is saved: the place to settle what the

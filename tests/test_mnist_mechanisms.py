@@ -59,3 +59,39 @@ def test_texture_shift_only_in_training_and_is_a_roll() -> None:
     shifted = random_cyclic_shift(x)
     for i in range(2):  # each image is one of the 16 cyclic rolls of itself
         assert any(torch.equal(shifted[i], torch.roll(x[i], (dy, dx), (1, 2))) for dy in range(4) for dx in range(4))
+
+
+def test_orientation_swaps_the_textures_and_leaves_factual_images_as_they_were() -> None:
+    """A flipped class draws its object with the background network and vice versa, so a factual
+    image (all labels tied to y, as in training) is the same composite as before the flip, while
+    do(texture=c) now puts the texture learned for class c's objects on the object."""
+    from scmgen.model import SCM
+
+    model = SCM.from_yaml("graphs/cgn_double_colored_mnist.yaml").eval()
+    mask, fg, bg, composer = (model.mechanisms[k] for k in ("mask", "foreground", "backdrop", "image"))
+    torch.manual_seed(0)
+    y = torch.tensor([1, 3, 0, 2])
+    u_shape, u = torch.randn(4, mask.noise_dim), torch.randn(4, fg.noise_dim)  # one draw for both textures
+
+    def factual() -> torch.Tensor:
+        return composer(mask=mask(u_shape, y), foreground=fg(u, y), background=bg(u, y))
+
+    with torch.inference_mode():
+        before, raw_fg, raw_bg = factual(), fg(u, y), bg(u, y)
+        mask.inverted[[1, 3]] = True
+        after, swapped_fg, swapped_bg = factual(), fg(u, y), bg(u, y)
+    assert torch.allclose(before, after, atol=1e-5)
+    assert torch.equal(swapped_fg[:2], raw_bg[:2]) and torch.equal(swapped_fg[2:], raw_fg[2:])
+    assert torch.equal(swapped_bg[:2], raw_fg[:2]) and torch.equal(swapped_bg[2:], raw_bg[2:])
+    # the other texture network is referenced, not owned: the saved state is what it was
+    assert set(model.state_dict()) == set(SCM.from_yaml("graphs/cgn_double_colored_mnist.yaml").state_dict())
+
+
+def test_a_bad_texture_swap_reference_names_the_field() -> None:
+    from scmgen.errors import SpecError
+    from scmgen.model import SCM
+
+    with pytest.raises(SpecError, match=r"nodes\.foreground\.params.*swap_with.*'nope'"):
+        SCM.from_yaml("graphs/cgn_double_colored_mnist.yaml", ["nodes.foreground.params.swap_with=nope"])
+    with pytest.raises(SpecError, match="swap_with and oriented_by go together"):
+        SCM.from_yaml("graphs/cgn_double_colored_mnist.yaml", ["nodes.foreground.params={swap_with: backdrop}"])

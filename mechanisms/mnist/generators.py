@@ -4,6 +4,7 @@ blocks), and the plain conditional generator of the GAN baseline."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -65,7 +66,9 @@ class MaskGenerator(ConditionalGenerator):
     background. Then do(texture) paints that class's background, and in counterfactuals the
     colour of the stroke depends on the shape class, a shortcut that does not exist in real images
     (measured in issue 3's note). With `orient: true` the mask flips, after training, every class
-    whose mean mask exceeds one half: objects are the smaller layer."""
+    whose mean mask exceeds one half: objects are the smaller layer. For such a class the object's
+    appearance was learned by the background mechanism and vice versa; texture mechanisms bound to
+    this mask with `swap_with` / `oriented_by` trade places for it (see TextureGenerator)."""
 
     def __init__(self, inputs: dict[str, NodeInfo], width: int = 32, init_size: int = 8, out_size: int = 32,
                  activation: str = "clamp", initial_coverage: float | None = None, orient: bool = True) -> None:
@@ -117,10 +120,44 @@ class TextureGenerator(ConditionalGenerator):
     random window cropped (a random cyclic shift per sample), so it cannot carry the digit's shape.
     At evaluation it is deterministic, so counterfactuals reuse exactly the same texture.
     Used for the foreground and, in scmgen's recipes, the background too: then the mask is the
-    only mechanism that can place structure, which is what makes the shape disentangle fast."""
+    only mechanism that can place structure, which is what makes the shape disentangle fast.
+
+    Orientation: with `swap_with` (the other texture node) and `oriented_by` (the mask node), a
+    label whose mask class the orientation flipped is drawn by the other texture's network. In
+    training all labels are tied to y, so for such a label the object's texture was learned by the
+    background mechanism; without the swap, counterfactuals would never show that texture on a
+    digit, while test images do. Factual samples are unchanged by it."""
+
+    def __init__(self, inputs: dict[str, NodeInfo], width: int = 32, init_size: int = 8, out_size: int = 32,
+                 swap_with: str | None = None, oriented_by: str | None = None) -> None:
+        if (swap_with is None) != (oriented_by is None):
+            raise ValueError("swap_with and oriented_by go together: the other texture node and the mask node")
+        super().__init__(inputs, width, init_size, out_size)
+        self.swap_with, self.oriented_by = swap_with, oriented_by
+        self._bound: tuple[ConditionalGenerator, MaskGenerator] | tuple[()] = ()
+
+    def bind(self, mechanisms: Mapping[str, Mechanism]) -> None:
+        if self.swap_with is None:
+            return
+        partner, mask = mechanisms.get(self.swap_with), mechanisms.get(self.oriented_by)
+        if not isinstance(partner, ConditionalGenerator) or partner is self:
+            raise ValueError(f"swap_with: expected another texture node of this graph, got {self.swap_with!r}")
+        if not isinstance(mask, MaskGenerator):
+            raise ValueError(f"oriented_by: expected an mnist.shape node of this graph, got {self.oriented_by!r}")
+        if (partner.noise_dim, partner.classes, mask.classes) != (self.noise_dim, self.classes, self.classes):
+            raise ValueError(f"swap_with: {self.swap_with!r} and {self.oriented_by!r} must have this node's "
+                             f"noise size {self.noise_dim} and {self.classes} classes")
+        # a plain tuple: the other mechanisms stay out of this module's parameters and state dict
+        object.__setattr__(self, "_bound", (partner, mask))
 
     def forward(self, noise: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         x = super().forward(noise, label)
+        if self._bound:
+            partner, mask = self._bound
+            swapped = mask.inverted[label]
+            if swapped.any():
+                x = x.clone()
+                x[swapped] = ConditionalGenerator.forward(partner, noise[swapped], label[swapped]).to(x.dtype)
         return random_cyclic_shift(x) if self.training else x
 
 
