@@ -48,19 +48,6 @@ class MaskInterval(Loss):
         return (F.relu(self.low - mean) + F.relu(mean - self.high)).mean()
 
 
-class MaskSmoothness(Loss):
-    """Mean absolute difference between neighbouring mask pixels (total variation): a solid
-    stroke has little edge, a mask speckled with holes has a lot. Counters a mask that copies the
-    foreground's texture by letting the background show through, which in counterfactuals,
-    where the background changes, prints that speckle onto every new texture."""
-
-    roles = ("mask",)
-
-    def forward(self, mask: torch.Tensor) -> torch.Tensor:
-        m = mask.float()
-        return (m.diff(dim=-1).abs().mean() + m.diff(dim=-2).abs().mean()) / 2
-
-
 class L1(Loss):
     """Mean absolute error to a target node (reconstruction of a teacher's pseudo ground truth)."""
 

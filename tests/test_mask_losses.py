@@ -1,11 +1,11 @@
-"""The mask priors: binary entropy, coverage interval and smoothness, on masks whose values are
-known by construction."""
+"""The mask priors, binary entropy and coverage interval, on masks whose values are known by
+construction."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mechanisms.losses import BinaryMask, MaskInterval, MaskSmoothness
+from mechanisms.losses import BinaryMask, MaskInterval
 from scmgen.plugins import NodeInfo
 
 INPUTS = {"mask": NodeInfo("mask", "mechanism")}
@@ -16,20 +16,6 @@ def _stroke() -> torch.Tensor:
     m = torch.full((1, 1, 16, 16), 1e-4)
     m[..., 6:10] = 0.9999
     return m
-
-
-def test_smoothness_prefers_a_solid_stroke_to_the_same_stroke_with_holes() -> None:
-    solid = _stroke()
-    speckled = solid.clone()
-    speckled[..., ::2, 6:10:2] = 1e-4  # every other pixel of the stroke shows the background
-    loss = MaskSmoothness(INPUTS)
-    # a vertical bar has 2 edges of 16 pixels in x and none in y: (32 / 240 + 0) / 2
-    assert loss(solid).item() == pytest.approx(0.9998 * 32 / 240 / 2, rel=1e-4)
-    assert loss(speckled).item() > 2 * loss(solid).item()
-    assert loss(torch.full((2, 1, 8, 8), 0.3)).item() == 0.0
-    speckled.requires_grad_(True)
-    loss(speckled).backward()
-    assert speckled.grad is not None and speckled.grad.abs().sum() > 0
 
 
 def test_binary_entropy_is_one_bit_at_one_half_and_near_zero_at_the_clamps() -> None:
