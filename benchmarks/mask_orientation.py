@@ -1,6 +1,8 @@
 """Mask orientation ablation: one trained MNIST CGN, its counterfactuals with the masks as training
-left them and with the classes on the background flipped (MaskGenerator.after_training), and what a
-classifier trained on each set reaches on the real test set whose colours / textures are random.
+left them, with the classes on the background flipped (MaskGenerator.after_training) but the
+textures left as they were, and oriented as the shipped graphs do it (flipped classes also swap
+their foreground and background textures, TextureGenerator), and what a classifier trained on each
+set reaches on the real test set whose colours / textures are random.
 
     python benchmarks/mask_orientation.py results/table1/cache/double_colored/seed0/cgn-*/model \\
         --dataset double_colored                       # ~4 min on 2 cores
@@ -24,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import cpu_model, publish  # noqa: E402
+from mechanisms.mnist.generators import TextureGenerator  # noqa: E402
 from scmgen.classifier import InvariantClassifier  # noqa: E402
 from scmgen.classify import counterfactual_set, train_classifier  # noqa: E402
 from scmgen.data import ImageSet, load_dataset  # noqa: E402
@@ -67,11 +70,18 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     mask = cgn.mechanisms["mask"]
     saved = mask.inverted.clone()
     rows, results = [], {}
-    for name, inverted in (("as trained", torch.zeros_like(saved)), ("oriented", None)):
-        if inverted is None:
+    textures = {k: m._bound for k, m in cgn.mechanisms.items() if isinstance(m, TextureGenerator) and m._bound}
+    variants = (("as trained", False, False), ("masks flipped, textures not", True, False),
+                ("oriented (masks and textures)", True, True))
+    for name, orient, swap in variants:
+        mask.inverted.zero_()
+        if orient:
             mask.after_training()  # from the masks as trained: flips the classes above one half
-        else:
-            mask.inverted.copy_(inverted)
+        for key, bound in textures.items():
+            cgn.mechanisms[key]._bound = bound if swap else ()
+        if swap and not textures:
+            print(f"{args.model}: no texture bound to the mask (swap_with / oriented_by), skipping '{name}'")
+            continue
         flipped = torch.nonzero(mask.inverted).flatten().tolist()
         coverage = " ".join(f"{v:.2f}" for v in mask.coverage().tolist())
         with tempfile.TemporaryDirectory() as tmp:
@@ -86,6 +96,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                     f"{100 * test_accuracy:.1f} |")
         print(rows[-1], flush=True)
     mask.inverted.copy_(saved)
+    for key, bound in textures.items():
+        cgn.mechanisms[key]._bound = bound
     meta = run_metadata("cpu", seed=args.seed, wall_seconds=round(time.perf_counter() - start, 1))
     publish("\n".join([
         f"\n## Mask orientation ({args.dataset}), {meta['time'][:10]}\n",
