@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 from mechanisms.synthetic import shapes
@@ -24,9 +23,9 @@ from scmgen.abduction import (
     load_or_train_encoder,
     train_encoder,
 )
-from scmgen.cli import cli
 from scmgen.data import to_float
 from scmgen.model import SCM
+from tests.cli_helpers import run_cli
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.usefixtures("random_vgg_record_per_module")
@@ -127,14 +126,6 @@ def test_encoder_is_saved_reused_and_retrained_for_other_weights(model: SCM, tmp
 
 
 # -- command line ---------------------------------------------------------------------------
-def run(*args: object, code: int = 0) -> tuple[str, str]:
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exit_code == code, (result.output, result.exception)
-    if code:
-        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
-    return result.stdout, result.stderr
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory, model: SCM) -> Path:
     return model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "model")
@@ -155,9 +146,9 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 def test_cli_writes_counterfactuals_panel_and_errors(checkpoint: Path, images: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "cf"
-    stdout, stderr = run("counterfactual", checkpoint, "--image", images[0], "--image", images[1], "--image", images[2],
-                         "--do", "background=2", "--do", "shape=disk,texture=1", "--steps", 2, "--encoder-steps", 5,
-                         "--out", out, "--quiet")
+    stdout, stderr = run_cli("counterfactual", checkpoint, "--image", images[0], "--image", images[1],
+                             "--image", images[2], "--do", "background=2", "--do", "shape=disk,texture=1",
+                             "--steps", 2, "--encoder-steps", 5, "--out", out, "--quiet")
     assert "odd.png: L converted to RGB; centre-cropped to 20x20; resized from 20x20 to 16x16" in stderr
     assert "training the abduction encoder" in stderr and "reconstruction L1" in stdout
     names = sorted(p.name for p in out.iterdir())
@@ -185,7 +176,7 @@ def test_cli_writes_counterfactuals_panel_and_errors(checkpoint: Path, images: l
 def test_cli_bad_input_is_one_line_and_exit_2(checkpoint: Path, images: list[Path], tmp_path: Path,
                                               args: list[str], message: str) -> None:
     args = [str(images[3]) if a == "TEXT" else str(images[0]) if a == "GOOD" else a for a in args]
-    _, stderr = run("counterfactual", checkpoint, *args, "--encoder-steps", 2, "--steps", 0, "--out", tmp_path, code=2)
+    _, stderr = run_cli("counterfactual", checkpoint, *args, "--encoder-steps", 2, "--steps", 0, "--out", tmp_path, code=2)
     assert message in stderr
 
 

@@ -10,15 +10,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from scmgen import weights
-from scmgen.cli import cli
 from scmgen.evaluation import evaluate_model
 from scmgen.evaluation.metrics import frechet_distance
 from scmgen.evaluation.predictors import load_or_train_predictors
 from scmgen.model import SCM
 from scmgen.spec import parse_spec
+from tests.cli_helpers import run_cli
 
 FAST = {"n": 24, "n_generated": 24, "n_composition": 3, "steps": 1, "encoder_steps": 5, "predictor_epochs": 1,
         "progress": False}
@@ -112,19 +111,11 @@ def test_a_one_mechanism_cgan_is_evaluable(checkpoints: dict[str, Path]) -> None
     assert results["minimality"]["generated"]["applicable"] is False
 
 
-def run(*args: object, code: int = 0) -> tuple[str, str]:
-    result = CliRunner().invoke(cli, [str(a) for a in args])
-    assert result.exit_code == code, (result.output, result.exception)
-    if code:
-        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
-    return result.stdout, result.stderr
-
-
 def test_cli_reports_each_checkpoint_and_compares(checkpoints: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    stdout, _ = run("evaluate", checkpoints["cgn"], checkpoints["cgan"].parent, "--out", out, "--n", 16,
-                    "--n-generated", 16, "--n-composition", 2, "--steps", 0, "--encoder-steps", 3,
-                    "--predictor-epochs", 1, "--quiet")
+    stdout, _ = run_cli("evaluate", checkpoints["cgn"], checkpoints["cgan"].parent, "--out", out, "--n", 16,
+                        "--n-generated", 16, "--n-composition", 2, "--steps", 0, "--encoder-steps", 3,
+                        "--predictor-epochs", 1, "--quiet")
     assert "tiny_shapes: effectiveness" in stdout and "comparison.md" in stdout
     for name in ("tiny_shapes", "tiny_cgan"):
         assert sorted(p.name for p in (out / name).iterdir()) == ["panel.png", "report.json", "report.md"]
@@ -146,5 +137,5 @@ def test_cli_reports_each_checkpoint_and_compares(checkpoints: dict[str, Path], 
 def test_cli_bad_checkpoint_is_one_line_and_exit_2(checkpoints: dict[str, Path], tmp_path: Path, which: str,
                                                    message: str) -> None:
     path = tmp_path / "nothing" if which == "missing" else checkpoints[which]
-    _, stderr = run("evaluate", checkpoints["cgn"], path, "--out", tmp_path / "eval", code=2)
+    _, stderr = run_cli("evaluate", checkpoints["cgn"], path, "--out", tmp_path / "eval", code=2)
     assert message in stderr

@@ -1,5 +1,7 @@
-"""The MNIST mechanisms' options: mask activation and starting coverage, the texture shift."""
+"""The MNIST mechanisms' options: mask activation, starting coverage and orientation; the texture shift and swap."""
 from __future__ import annotations
+
+import functools
 
 import pytest
 import torch
@@ -81,8 +83,9 @@ def test_orientation_swaps_the_textures_and_leaves_factual_images_as_they_were()
         mask.inverted[[1, 3]] = True
         after, swapped_fg, swapped_bg = factual(), fg(u, y), bg(u, y)
     assert torch.allclose(before, after, atol=1e-5)
-    assert torch.equal(swapped_fg[:2], raw_bg[:2]) and torch.equal(swapped_fg[2:], raw_fg[2:])
-    assert torch.equal(swapped_bg[:2], raw_fg[:2]) and torch.equal(swapped_bg[2:], raw_bg[2:])
+    same = functools.partial(torch.allclose, atol=1e-6)  # each network now draws its rows as a smaller batch
+    assert same(swapped_fg[:2], raw_bg[:2]) and same(swapped_fg[2:], raw_fg[2:])
+    assert same(swapped_bg[:2], raw_fg[:2]) and same(swapped_bg[2:], raw_bg[2:])
     # the other texture network is referenced, not owned: the saved state is what it was
     assert set(model.state_dict()) == set(SCM.from_yaml("graphs/cgn_double_colored_mnist.yaml").state_dict())
 

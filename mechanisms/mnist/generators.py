@@ -151,13 +151,16 @@ class TextureGenerator(ConditionalGenerator):
         object.__setattr__(self, "_bound", (partner, mask))
 
     def forward(self, noise: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        x = super().forward(noise, label)
-        if self._bound:
-            partner, mask = self._bound
-            swapped = mask.inverted[label]
-            if swapped.any():
-                x = x.clone()
-                x[swapped] = ConditionalGenerator.forward(partner, noise[swapped], label[swapped]).to(x.dtype)
+        swapped = self._bound[1].inverted[label] if self._bound else None
+        if swapped is None or not swapped.any():
+            x = super().forward(noise, label)
+        else:  # each network draws only its own rows
+            theirs = ConditionalGenerator.forward(self._bound[0], noise[swapped], label[swapped])
+            x = theirs.new_empty((len(label), *theirs.shape[1:]))
+            x[swapped] = theirs
+            own = ~swapped
+            if own.any():
+                x[own] = super().forward(noise[own], label[own]).to(x.dtype)
         return random_cyclic_shift(x) if self.training else x
 
 
