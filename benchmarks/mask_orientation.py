@@ -68,7 +68,6 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     ceiling = cnn(real, None, args.epochs, args.seed)
     cgn = SCM.from_pretrained(args.model, "cpu").eval()
     mask = cgn.mechanisms["mask"]
-    saved = mask.inverted.clone()
     rows, results = [], {}
     textures = {k: m._bound for k, m in cgn.mechanisms.items() if isinstance(m, TextureGenerator) and m._bound}
     variants = (("as trained", False, False), ("masks flipped, textures not", True, False),
@@ -83,21 +82,18 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
             print(f"{args.model}: no texture bound to the mask (swap_with / oriented_by), skipping '{name}'")
             continue
         flipped = torch.nonzero(mask.inverted).flatten().tolist()
-        coverage = " ".join(f"{v:.2f}" for v in mask.coverage().tolist())
+        coverage = mask.coverage().tolist()
         with tempfile.TemporaryDirectory() as tmp:
             generate_dataset(cgn, args.counterfactuals, Path(tmp) / "cf", per_shape=10, seed=args.seed,
                              batch_size=100, image_format="safetensors", precision="bf16")
             cf = counterfactual_set(Path(tmp) / "cf")
             fidelity = accuracy(ceiling, ImageSet(cf.images, cf.labels["shape"], {}))
             test_accuracy = accuracy(cnn(None, cf, args.epochs, args.seed), test)
-        results[name] = {"flipped": flipped, "coverage": mask.coverage().tolist(), "fidelity": fidelity,
+        results[name] = {"flipped": flipped, "coverage": coverage, "fidelity": fidelity,
                          "test_accuracy": test_accuracy}
-        rows.append(f"| {name} | {', '.join(map(str, flipped)) or 'none'} | {coverage} | {100 * fidelity:.1f} | "
-                    f"{100 * test_accuracy:.1f} |")
+        rows.append(f"| {name} | {', '.join(map(str, flipped)) or 'none'} | {' '.join(f'{v:.2f}' for v in coverage)} "
+                    f"| {100 * fidelity:.1f} | {100 * test_accuracy:.1f} |")
         print(rows[-1], flush=True)
-    mask.inverted.copy_(saved)
-    for key, bound in textures.items():
-        cgn.mechanisms[key]._bound = bound
     meta = run_metadata("cpu", seed=args.seed, wall_seconds=round(time.perf_counter() - start, 1))
     publish("\n".join([
         f"\n## Mask orientation ({args.dataset}), {meta['time'][:10]}\n",
