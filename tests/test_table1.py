@@ -4,10 +4,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
+from scmgen.classifier import InvariantClassifier
 from scmgen.cli import cli
-from scmgen.table1 import METHODS
+from scmgen.data import ImageSet
+from scmgen.table1 import METHODS, accuracy, per_class_accuracy, unreadable_classes
 
 TINY = ["--datasets", "double_colored", "--cgn-steps", "2", "--gan-steps", "2", "--counterfactuals", "100",
         "--epochs", "1", "--batch-size", "16", "--limit", "200", "--quiet"]
@@ -40,6 +43,8 @@ def test_every_row_is_measured_and_written_with_provenance(bench: tuple[Path, di
     assert "(97.4 / 89.0)" in table  # the paper's Original + CGN numbers beside ours
     fidelity = rows["oracle"]["0"]["counterfactual_shape_fidelity"]
     assert 0.0 <= fidelity <= 1.0 and f"double-colored MNIST {100 * fidelity:.1f}%" in table
+    per_class = rows["oracle"]["0"]["counterfactual_shape_fidelity_per_class"]
+    assert len(per_class) == 10 and "double-colored MNIST " + " ".join(f"{100 * v:.0f}" for v in per_class) in table
     masks = payload["datasets"]["double_colored"]["masks"]["0"]
     assert len(masks["coverage"]) == 10 and all(0.0 < c <= 0.5 for c in masks["coverage"])  # oriented
     assert "double-colored MNIST " + " ".join(f"{c:.2f}" for c in masks["coverage"]) in table
@@ -66,6 +71,17 @@ def test_a_changed_setting_recomputes_only_what_depends_on_it(bench: tuple[Path,
     assert not record["rows"]["original"]["0"].get("cached") and record["rows"]["original"]["0"]["epochs"] == 2
 
 
+def test_the_classifier_lr_reaches_the_optimizer_and_the_table(bench: tuple[Path, dict]) -> None:
+    out, first = bench
+    assert first["datasets"]["double_colored"]["rows"]["original"]["0"]["history"][0]["lr"] == 3.0  # the default
+    result = CliRunner().invoke(cli, ["bench", "table1", *TINY, "--methods", "original", "--lr", "0.5",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    row = json.loads((out / "table1.json").read_text())["datasets"]["double_colored"]["rows"]["original"]["0"]
+    assert not row.get("cached") and row["history"][0]["lr"] == 0.5
+    assert "Adadelta lr 0.5 (reference: 1.0)" in (out / "table1.md").read_text()
+
+
 def test_cgn_overrides_retrain_the_cgn_and_are_reported(bench: tuple[Path, dict]) -> None:
     out, first = bench
     result = CliRunner().invoke(cli, ["bench", "table1", *TINY, "--methods", "cgn_only", "--out", str(out),
@@ -88,3 +104,16 @@ def test_bad_choices_are_one_line_errors(tmp_path: Path, args: list[str], messag
     result = CliRunner().invoke(cli, ["bench", "table1", *args, "--out", str(tmp_path / "t")])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
     assert not (tmp_path / "t").exists()
+
+
+def test_per_class_accuracy_finds_the_class_a_mean_hides() -> None:
+    model = InvariantClassifier("mnist.cnn", {"shape": 10})
+    with torch.no_grad():  # answers 3 for every image
+        model.heads["shape"].weight.zero_()
+        model.heads["shape"].bias.copy_(torch.nn.functional.one_hot(torch.tensor(3), 10).float())
+    labels = torch.arange(10).repeat(5)
+    data = ImageSet(torch.zeros(50, 3, 32, 32, dtype=torch.uint8), labels, {})
+    per_class = per_class_accuracy(model, data, precision="fp32")
+    assert per_class == [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert unreadable_classes(per_class) == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    assert accuracy(model, data, precision="fp32") == pytest.approx(0.1)
