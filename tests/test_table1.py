@@ -41,6 +41,7 @@ def test_every_row_is_measured_and_written_with_provenance(bench: tuple[Path, di
     for method in METHODS.values():
         assert f"| {method.title} |" in table
     assert "(97.4 / 89.0)" in table  # the paper's Original + CGN numbers beside ours
+    assert "Adadelta lr 3.0 (reference: 1.0; IRM (2 envs: 90%, 100%): 1.0; IRM (5 envs: 90-100%): 1.0)" in table
     fidelity = rows["oracle"]["0"]["counterfactual_shape_fidelity"]
     assert 0.0 <= fidelity <= 1.0 and f"double-colored MNIST {100 * fidelity:.1f}%" in table
     per_class = rows["oracle"]["0"]["counterfactual_shape_fidelity_per_class"]
@@ -73,7 +74,9 @@ def test_a_changed_setting_recomputes_only_what_depends_on_it(bench: tuple[Path,
 
 def test_the_classifier_lr_reaches_the_optimizer_and_the_table(bench: tuple[Path, dict]) -> None:
     out, first = bench
-    assert first["datasets"]["double_colored"]["rows"]["original"]["0"]["history"][0]["lr"] == 3.0  # the default
+    rows = first["datasets"]["double_colored"]["rows"]
+    assert rows["original"]["0"]["history"][0]["lr"] == 3.0  # the default
+    assert rows["irm5"]["0"]["history"][0]["lr"] == 1.0  # IRM's own
     result = CliRunner().invoke(cli, ["bench", "table1", *TINY, "--methods", "original", "--lr", "0.5",
                                       "--out", str(out)])
     assert result.exit_code == 0, result.output
