@@ -135,6 +135,8 @@ class TrainSpec(_Strict):
     keep_checkpoints: int = Field(default=2, gt=0)
     sample_every: int = Field(default=0, ge=0)
     log_every: int = Field(default=50, gt=0)
+    # decay of an average of the trained weights that replaces them at the end (see scmgen/ema.py)
+    ema: float | None = Field(default=None, gt=0, lt=1)
 
     @model_validator(mode="after")
     def _one_length(self) -> "TrainSpec":

@@ -64,6 +64,13 @@ class Method:
     reads_counterfactuals: bool = False  # also report how many counterfactuals it labels as their do(shape)
     lr: float | None = None  # the classifier's lr when not the table's (Settings.lr)
 
+    def reads(self) -> set[str]:
+        """The generated sets (stages) this row trains on or reports on."""
+        out = {"gan_samples"} if self.train_on == "original+gan" else set()
+        if self.train_on in ("original+cgn", "cgn") or self.reads_counterfactuals:
+            out.add("counterfactuals")
+        return out
+
 
 CORRELATIONS_2 = (0.9, 1.0)
 CORRELATIONS_5 = (0.9, 0.925, 0.95, 0.975, 1.0)
@@ -179,13 +186,9 @@ class Table1:
         return per_seed * len(self.s.datasets) * len(self.s.seeds)
 
     def _stages_needed(self) -> list[str]:
-        ways = {METHODS[m].train_on for m in self.s.methods}
-        needed = []
-        if ways & {"original+cgn", "cgn"} or any(METHODS[m].reads_counterfactuals for m in self.s.methods):
-            needed += ["cgn", "counterfactuals"]
-        if "original+gan" in ways:
-            needed += ["gan", "gan_samples"]
-        return needed
+        read = set().union(*(METHODS[m].reads() for m in self.s.methods))
+        return [*(["cgn", "counterfactuals"] if "counterfactuals" in read else []),
+                *(["gan", "gan_samples"] if "gan_samples" in read else [])]
 
     def _announce(self, dataset: str, seed: int, what: str, kind: str) -> None:
         elapsed = time.perf_counter() - self.started
@@ -272,11 +275,12 @@ class Table1:
     def _classifier(self, dataset: str, seed: int, method: Method, train: ImageSet, test: ImageSet,
                     envs: Callable[[tuple[float, ...]], list[ImageSet]], sets: dict[str, Path]) -> dict[str, Any]:
         lr = method.lr or self.s.lr
+        # only the generated sets this row reads are part of its key: a new CGN does not retrain the baselines
         folder, params = self._stage_dir(dataset, seed, f"row_{method.key}",
                                          method={k: v for k, v in asdict(method).items() if k != "lr"},
                                          epochs=self.s.epochs, lr=lr, batch_size=self.s.batch_size,
                                          precision=self.s.precision, limit=self.s.limit,
-                                         sets={k: str(v) for k, v in sets.items()})
+                                         sets={k: str(v) for k, v in sets.items() if k in method.reads()})
         cached = _cached(folder)
         if cached:
             return cached

@@ -26,6 +26,7 @@ from scmgen import registry
 from scmgen.checkpoint import atomic_directory, atomic_write_text, load_module, read_json, safe_torch_load, save_module
 from scmgen.data import ImageSet
 from scmgen.distributed import DistInfo, ShardSampler, barrier
+from scmgen.ema import WeightAverage
 from scmgen.errors import ScmgenError, SpecError
 from scmgen.graph import DATA_INPUTS
 from scmgen.model import SCM, build_plugin
@@ -145,6 +146,7 @@ class Trainer:
             name: make_optimizer(list(m.parameters()), self.tcfg.optimizers.get(name, self.tcfg.optimizer))
             for name, m in model.mechanisms.items()
             if self.spec.nodes[name].trainable and any(p.requires_grad for p in m.parameters())}
+        self.average = WeightAverage(self._trained(), self.tcfg.ema) if self.tcfg.ema else None
         # graphs trained against a teacher need no data: then an "epoch" is not defined
         self.batches = EpochBatches(len(data), self.tcfg.batch_size, self.tcfg.seed, self.info) \
             if data is not None else None
@@ -154,6 +156,9 @@ class Trainer:
         per_step *= self.info.world_size
         self.total_steps = self.tcfg.steps or max(1, math.ceil((self.tcfg.epochs or 1.0) * len(data) / per_step))
         self.step = 0
+
+    def _trained(self) -> dict[str, nn.Module]:
+        return {name: self.model.mechanisms[name] for name in self.optimizers}
 
     def _node_info(self, ref: str) -> NodeInfo:
         return NodeInfo(ref, "data") if ref in DATA_INPUTS else self.model.node_info(ref)
@@ -223,6 +228,8 @@ class Trainer:
             if term.critic is not None:
                 logged[f"{term.name}.critic"] = self._critic_step(term, kept)
         broadcast_buffers([self.model, *(t.critic for t in self.terms if t.critic is not None)], self.info)
+        if self.average is not None:
+            self.average.update(self._trained())
         self.step += 1
         return logged
 
@@ -265,6 +272,7 @@ class Trainer:
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                 "critic_optimizers": {t.name: t.critic_opt.state_dict() for t in self.terms if t.critic_opt},
                 "rng": rng,
+                "ema": self.average.state_dict() if self.average is not None else None,
             }
             torch.save(state, tmp / "trainer_state.pt")
         atomic_write_text(self.checkpoint_root / "latest", target.name + "\n")
@@ -313,6 +321,11 @@ class Trainer:
                 term.critic_opt.load_state_dict(state["critic_optimizers"][term.name])
         if self.batches is not None:
             self.batches.restore(state["batches"])
+        if self.average is not None:
+            if state.get("ema") is None:
+                raise SpecError(source, "trainer_state.pt", "saved without train.ema: resume with the graph it was "
+                                "trained with")
+            self.average.load_state_dict(state["ema"])
         rngs = state["rng"]
         if len(rngs) != self.info.world_size:
             raise SpecError(source, "trainer_state.pt", f"saved by {len(rngs)} processes, resumed with "
@@ -328,7 +341,8 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self, on_sample: Any = None) -> TrainResult:
-        """Run to `total_steps`, checkpointing as configured; Ctrl-C saves a checkpoint and returns."""
+        """Run to `total_steps`, checkpointing as configured; Ctrl-C saves a checkpoint and returns. With
+        `train.ema` the model ends holding the averaged weights (checkpoints keep the live ones)."""
         interrupted = False
         stop = {"now": False}
         previous = signal.getsignal(signal.SIGINT)
@@ -368,6 +382,8 @@ class Trainer:
                 signal.signal(signal.SIGINT, previous)
             if writer is not None:
                 writer.close()
+        if self.average is not None:  # the checkpoint keeps the live weights to resume from; the model gets the average
+            self.average.copy_to(self._trained())
         self.model.eval()
         return TrainResult(self.step, self.total_steps, time.perf_counter() - start, interrupted, losses)
 

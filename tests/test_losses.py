@@ -237,3 +237,27 @@ def test_texture_loss_gradients_and_zero_on_uniform_texture() -> None:
     assert "vgg16" in weights.used_random_init()
     with pytest.raises(ValueError, match="exceeds"):
         TexturePatches({}, patch=15, top=200, size=20)
+
+
+def test_r1_penalises_the_critics_gradient_on_real_images_only() -> None:
+    from mechanisms.losses import LeastSquaresGAN
+    from scmgen.plugins import NodeInfo
+
+    inputs = {"fake": NodeInfo("image", "mechanism")}
+    critic = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 1))
+    real, fake = torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)
+    plain = LeastSquaresGAN(inputs)
+    with_r1 = LeastSquaresGAN(inputs, r1=2.0)
+
+    def wrapped(x: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
+        return critic(x)
+
+    base = plain.critic_loss(wrapped, real, fake, None, None)
+    penalised = with_r1.critic_loss(wrapped, real, fake, None, None)
+    # a linear critic's input gradient is its weight vector, the same for every image
+    expected = 2.0 / 2 * critic[1].weight.pow(2).sum()
+    assert torch.allclose(penalised - base, expected)
+    penalised.backward()  # the penalty is differentiable in the critic's weights (create_graph)
+    assert critic[1].weight.grad is not None and not real.requires_grad
+    with pytest.raises(ValueError, match="r1"):
+        LeastSquaresGAN(inputs, r1=-1.0)

@@ -87,11 +87,14 @@ def test_the_classifier_lr_reaches_the_optimizer_and_the_table(bench: tuple[Path
 
 def test_cgn_overrides_retrain_the_cgn_and_are_reported(bench: tuple[Path, dict]) -> None:
     out, first = bench
-    result = CliRunner().invoke(cli, ["bench", "table1", *TINY, "--methods", "cgn_only", "--out", str(out),
+    result = CliRunner().invoke(cli, ["bench", "table1", *TINY, "--methods", "cgn_only,gan,lntl", "--out", str(out),
                                       "--cgn-set", "losses.gan.critic.plugin=mnist.conv"])
     assert result.exit_code == 0, result.output
     record = json.loads((out / "table1.json").read_text())["datasets"]["double_colored"]
     assert not record["stages"]["0"]["cgn"].get("cached")
+    # the rows that read the counterfactuals train again; the others do not depend on the CGN
+    assert not record["rows"]["cgn_only"]["0"].get("cached")
+    assert record["rows"]["gan"]["0"]["cached"] and record["rows"]["lntl"]["0"]["cached"]
     assert record["stages"]["0"]["cgn"]["params"]["overrides"][0] == "losses.gan.critic.plugin=mnist.conv"
     assert "CGN graph overrides: `losses.gan.critic.plugin=mnist.conv`" in (out / "table1.md").read_text()
 

@@ -25,24 +25,49 @@ def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
     return out
 
 
-def test_resume_reaches_the_same_weights_bit_for_bit(tmp_path: Path) -> None:
-    straight = make_trainer(tmp_path / "a")
+@pytest.mark.parametrize("extra", [[], ["train.ema=0.9"]], ids=["plain", "ema"])
+def test_resume_reaches_the_same_weights_bit_for_bit(tmp_path: Path, extra: list[str]) -> None:
+    straight = make_trainer(tmp_path / "a", *extra)
     straight.fit()
     expected = weights(straight)
 
-    first = make_trainer(tmp_path / "b")
+    first = make_trainer(tmp_path / "b", *extra)
     for _ in range(6):
         first.train_step()
     first.save_checkpoint()
     del first
     torch.manual_seed(1234)  # a resumed process starts with other RNG state: resume must restore it
-    resumed = make_trainer(tmp_path / "b")
+    resumed = make_trainer(tmp_path / "b", *extra)
     assert resumed.resume() == 6
     resumed.fit()
     got = weights(resumed)
     assert expected.keys() == got.keys()
     for k in expected:
         assert torch.equal(expected[k], got[k]), k
+
+
+def test_ema_leaves_the_average_in_the_model_and_the_live_weights_in_the_checkpoint(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, "train.ema=0.5", "train.steps=4")
+    for _ in range(4):
+        trainer.train_step()
+    live = {n: {k: v.clone() for k, v in m.state_dict().items()} for n, m in trainer._trained().items()}
+    expected = {n: {k: v.clone() for k, v in s.items()} for n, s in trainer.average.shadow.items()}
+    trainer.fit()  # already at its last step: only saves and swaps in the average
+    for name, module in trainer._trained().items():
+        state = module.state_dict()
+        for k, v in expected[name].items():
+            assert torch.equal(state[k], v), (name, k)
+        assert any(not torch.equal(state[k], live[name][k]) for k in expected[name]), name
+    reloaded = make_trainer(tmp_path, "train.ema=0.5", "train.steps=4")
+    assert reloaded.resume() == 4
+    for name, module in reloaded._trained().items():
+        assert all(torch.equal(v, live[name][k]) for k, v in module.state_dict().items()), name
+
+
+def test_ema_resume_refuses_a_checkpoint_without_the_average(tmp_path: Path) -> None:
+    make_trainer(tmp_path, "train.steps=2").fit()
+    with pytest.raises(SpecError, match="saved without train.ema"):
+        make_trainer(tmp_path, "train.ema=0.9").resume()
 
 
 def test_checkpoints_rotate_and_latest_points_to_newest(tmp_path: Path) -> None:
