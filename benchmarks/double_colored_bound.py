@@ -17,23 +17,16 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.ceiling import real_sets, train_ceiling  # noqa: E402
 from benchmarks.report import cpu_model, publish  # noqa: E402
-from scmgen.classifier import InvariantClassifier  # noqa: E402
-from scmgen.classify import train_classifier  # noqa: E402
-from scmgen.data import load_dataset  # noqa: E402
 from scmgen.provenance import run_metadata  # noqa: E402
-from scmgen.table1 import Settings, graph_spec, predictions  # noqa: E402
+from scmgen.table1 import Settings, predictions  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    from mechanisms.mnist.datasets import DATASETS as BUILDERS
-    from mechanisms.mnist.datasets import environments
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=Settings.epochs)
     parser.add_argument("--lr", type=float, default=Settings.lr)
@@ -42,16 +35,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    path, spec = graph_spec("double_colored")
-    test = load_dataset(spec, str(path), "test")
-    params = {k: v for k, v in spec.data.params.items() if k != "correlation"}
-    real = environments(BUILDERS[spec.data.plugin], [0.0], **params)[0]
-    if args.limit:
-        real, test = real.subset(torch.arange(args.limit)), test.subset(torch.arange(args.limit))
-    torch.manual_seed(args.seed)
-    ceiling = InvariantClassifier("mnist.cnn", {"shape": 10})
-    train_classifier(ceiling, environments=[real], recipe="mnist", epochs=args.epochs, lr=args.lr, batch_size=64,
-                     seed=args.seed, device="cpu", precision="bf16", progress=False)
+    real, test = real_sets("double_colored", args.limit)
+    ceiling = train_ceiling(real, args.seed, args.epochs, args.lr)
     hits = predictions(ceiling, test.images) == test.labels
     # object colour is palette[(texture + 4) % 10], background colour palette[background]
     same = (test.factors["texture"] + 4) % 10 == test.factors["background"]

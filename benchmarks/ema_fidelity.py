@@ -22,13 +22,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.ceiling import add_arguments, real_sets, train_ceiling  # noqa: E402
 from benchmarks.report import cpu_model, publish  # noqa: E402
 from scmgen.classifier import InvariantClassifier  # noqa: E402
-from scmgen.classify import train_classifier  # noqa: E402
 from scmgen.data import to_uint8  # noqa: E402
 from scmgen.model import SCM  # noqa: E402
 from scmgen.provenance import run_metadata  # noqa: E402
-from scmgen.table1 import DATASETS, Settings, graph_spec, per_class_rate, predictions  # noqa: E402
+from scmgen.table1 import per_class_rate, predictions  # noqa: E402
 
 
 def fidelity(ceiling: InvariantClassifier, cgn: SCM, per_class: int, seed: int) -> tuple[float, list[float]]:
@@ -43,27 +43,14 @@ def fidelity(ceiling: InvariantClassifier, cgn: SCM, per_class: int, seed: int) 
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
-    from mechanisms.mnist.datasets import DATASETS as BUILDERS
-    from mechanisms.mnist.datasets import environments
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="a training run folder with model/ and checkpoints/")
-    parser.add_argument("--dataset", choices=list(DATASETS), default="double_colored")
     parser.add_argument("--per-class", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N real images (smoke runs)")
+    add_arguments(parser)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    path, spec = graph_spec(args.dataset)
-    params = {k: v for k, v in spec.data.params.items() if k != "correlation"}
-    real = environments(BUILDERS[spec.data.plugin], [0.0], **params)[0]
-    if args.limit:
-        real = real.subset(torch.arange(args.limit))
-    torch.manual_seed(args.seed)
-    ceiling = InvariantClassifier("mnist.cnn", {"shape": 10})
-    train_classifier(ceiling, environments=[real], recipe="mnist", epochs=Settings.epochs, lr=Settings.lr,
-                     batch_size=Settings.batch_size, seed=args.seed, device="cpu", precision="bf16", progress=False)
+    ceiling = train_ceiling(real_sets(args.dataset, args.limit)[0], args.seed)
     latest = args.run / "checkpoints" / (args.run / "checkpoints" / "latest").read_text().strip()
     average = SCM.from_pretrained(args.run / "model", "cpu").eval()
     live = SCM.from_pretrained(latest, "cpu").eval()

@@ -25,47 +25,38 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.ceiling import add_arguments, real_sets, train_ceiling  # noqa: E402
 from benchmarks.report import cpu_model, publish  # noqa: E402
 from mechanisms.mnist.generators import TextureGenerator  # noqa: E402
 from scmgen.classifier import InvariantClassifier  # noqa: E402
 from scmgen.classify import counterfactual_set, train_classifier  # noqa: E402
-from scmgen.data import ImageSet, load_dataset  # noqa: E402
+from scmgen.data import ImageSet  # noqa: E402
 from scmgen.model import SCM  # noqa: E402
 from scmgen.provenance import run_metadata  # noqa: E402
 from scmgen.sampling import generate_dataset  # noqa: E402
-from scmgen.table1 import DATASETS, accuracy, graph_spec  # noqa: E402
+from scmgen.table1 import Settings, accuracy  # noqa: E402
 
 
-def cnn(train: ImageSet | None, cf: object | None, epochs: int, seed: int) -> InvariantClassifier:
-    """The bench's classifier and schedule: the reference CNN, shape head, Adadelta, bf16."""
+def cnn(cf: object, epochs: int, seed: int) -> InvariantClassifier:
+    """The bench's `cgn_only` classifier and schedule: the reference CNN, shape head, Adadelta, bf16."""
     torch.manual_seed(seed)
     model = InvariantClassifier("mnist.cnn", {"shape": 10})
-    train_classifier(model, train, cf, real_fraction=1.0 if cf is None else 0.0, recipe="mnist", epochs=epochs,
-                     batch_size=64, seed=seed, device="cpu", precision="bf16", progress=False)
+    train_classifier(model, None, cf, real_fraction=0.0, recipe="mnist", epochs=epochs, lr=Settings.lr,
+                     batch_size=Settings.batch_size, seed=seed, device="cpu", precision="bf16", progress=False)
     return model
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="a trained MNIST CGN (its model/ folder)")
-    parser.add_argument("--dataset", choices=list(DATASETS), default="double_colored")
     parser.add_argument("--counterfactuals", type=int, default=50_000)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N real images (smoke runs)")
+    parser.add_argument("--epochs", type=int, default=Settings.epochs)
+    add_arguments(parser)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    from mechanisms.mnist.datasets import DATASETS as BUILDERS
-    from mechanisms.mnist.datasets import environments
-
-    path, spec = graph_spec(args.dataset)
-    test = load_dataset(spec, str(path), "test")
-    params = {k: v for k, v in spec.data.params.items() if k != "correlation"}
-    real = environments(BUILDERS[spec.data.plugin], [0.0], **params)[0]
-    if args.limit:
-        real, test = real.subset(torch.arange(args.limit)), test.subset(torch.arange(args.limit))
-    ceiling = cnn(real, None, args.epochs, args.seed)
+    real, test = real_sets(args.dataset, args.limit)
+    ceiling = train_ceiling(real, args.seed, args.epochs)
     cgn = SCM.from_pretrained(args.model, "cpu").eval()
     mask = cgn.mechanisms["mask"]
     rows, results = [], {}
@@ -88,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
                              batch_size=100, image_format="safetensors", precision="bf16")
             cf = counterfactual_set(Path(tmp) / "cf")
             fidelity = accuracy(ceiling, ImageSet(cf.images, cf.labels["shape"], {}))
-            test_accuracy = accuracy(cnn(None, cf, args.epochs, args.seed), test)
+            test_accuracy = accuracy(cnn(cf, args.epochs, args.seed), test)
         results[name] = {"flipped": flipped, "coverage": coverage, "fidelity": fidelity,
                          "test_accuracy": test_accuracy}
         rows.append(f"| {name} | {', '.join(map(str, flipped)) or 'none'} | {' '.join(f'{v:.2f}' for v in coverage)} "

@@ -11,6 +11,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import double_colored_bound
+import ema_fidelity
 import engine_overhead
 import mask_orientation
 import mnist_throughput
@@ -54,3 +56,22 @@ def test_mask_orientation_runs_and_orients(tmp_path: Path) -> None:
     for name in ("masks flipped, textures not", "oriented (masks and textures)"):
         assert result[name]["flipped"] == list(range(10)) and max(result[name]["coverage"]) < 0.5
     assert all(0.0 <= r["fidelity"] <= 1.0 and 0.0 <= r["test_accuracy"] <= 1.0 for r in result.values())
+
+
+def test_ema_fidelity_reads_the_live_and_the_averaged_weights(tmp_path: Path) -> None:
+    from scmgen.model import SCM
+    from scmgen.training_run import train_run
+
+    graph = ROOT / "graphs" / "cgn_double_colored_mnist.yaml"
+    model = SCM.from_yaml(graph, ["train.steps=3", "train.batch_size=8", "train.ema=0.5", "train.sample_every=0",
+                                  "train.checkpoint_every=0"])
+    train_run(model, graph, tmp_path / "run", progress=False)
+    result = ema_fidelity.main([str(tmp_path / "run"), "--per-class", "3", "--limit", "200", "--out", "-"])
+    assert list(result) == ["live weights (step_0000003)", "moving average (model/)"]
+    assert all(0.0 <= r["fidelity"] <= 1.0 and len(r["per_class"]) == 10 for r in result.values())
+
+
+def test_double_colored_bound_counts_the_same_colour_images() -> None:
+    result = double_colored_bound.main(["--limit", "1000", "--epochs", "1", "--out", "-"])
+    assert 0.05 < result["same_colour_share"] < 0.15  # one pair in ten, drawn independently
+    assert result["bound"] == pytest.approx(1 - result["same_colour_share"] * (1 - result["accuracy_same_colour"]))
