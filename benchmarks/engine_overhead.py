@@ -9,8 +9,8 @@ randomly initialised weights (speed does not depend on the values).
 
 Training: two Trainers are built from the same spec and seed (identical weights, critics, optimisers
 and data order). One is stepped by `Trainer.train_step()`, the other by `hand_train_step`, which
-calls the three mechanisms, the composer, the LSGAN and binary-mask losses, backward, the Adam steps
-and the critic step directly. From the same RNG state their first-step losses must be equal (the
+calls the three mechanisms, the composer, the LSGAN and binary-mask losses, backward, the Adam steps,
+the critic step (with R1 where the graph sets it) and the weight average (`train.ema`) directly. From the same RNG state their first-step losses must be equal (the
 script checks it and prints it). Generation: `counterfactual_batch` against `hand_generation_same`
 (the same work, including the factual textures the engine computes and then discards) and
 `hand_generation_minimal` (one mask per group, textures only for the counterfactuals); both must
@@ -76,6 +76,12 @@ class HandLoop:
         self.data, self.batches = trainer.data, trainer.batches
         self.batch, self.precision = spec.train.batch_size, spec.train.precision
         self.device = trainer.device
+        self.r1 = spec.losses["gan"].params.get("r1", 0.0)
+        # the weight average, by hand: shadow copies of the generators' parameters and float buffers
+        self.ema, self.updates = spec.train.ema, 0
+        self.live = [t for m in (self.backdrop, self.mask, self.foreground)
+                     for t in (*m.parameters(), *(b for b in m.buffers() if b.is_floating_point()))]
+        self.shadow = [t.detach().clone() for t in self.live]
 
     def step(self) -> dict[str, float]:
         n = self.batch
@@ -102,11 +108,22 @@ class HandLoop:
             opt.step()
         self.critic.requires_grad_(True)
         self.critic_opt.zero_grad(set_to_none=True)
+        leaf = real.detach().requires_grad_(bool(self.r1))
         with autocast(self.device, self.precision):
-            d_real, d_fake = self.critic(real, label), self.critic(x.detach(), label)
+            seen = leaf.clone() if self.r1 else real
+            d_real, d_fake = self.critic(seen, label), self.critic(x.detach(), label)
             critic = (F.mse_loss(d_real, torch.ones_like(d_real)) + F.mse_loss(d_fake, torch.zeros_like(d_fake))) / 2
+            if self.r1:
+                (g,) = torch.autograd.grad(d_real.float().sum(), leaf, create_graph=True)
+                critic = critic + self.r1 / 2 * g.float().pow(2).flatten(1).sum(1).mean()
         critic.float().backward()
         self.critic_opt.step()
+        if self.ema:
+            self.updates += 1
+            keep = min(self.ema, (1 + self.updates) / (10 + self.updates))
+            with torch.no_grad():
+                for s, t in zip(self.shadow, self.live):
+                    s.lerp_(t, 1 - keep)
         return {"gan": gan.item(), "binary_mask": BINARY_MASK_WEIGHT * binary.item(), "gan.critic": critic.item()}
 
 

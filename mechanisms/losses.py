@@ -27,11 +27,12 @@ class LeastSquaresGAN(AdversarialLoss):
     def critic_loss(self, critic: nn.Module, real: torch.Tensor, fake: torch.Tensor,
                     real_label: torch.Tensor | None, fake_label: torch.Tensor | None) -> torch.Tensor:
         if self.r1:
-            real = real.detach().requires_grad_(True)
+            leaf = real.detach().requires_grad_(True)
+            real = leaf.clone()  # the critic sees a non-leaf: module hooks (FlopCounterMode) refuse leaves in grad()
         d_real, d_fake = critic(real, real_label), critic(fake, fake_label)
         loss = (F.mse_loss(d_real, torch.ones_like(d_real)) + F.mse_loss(d_fake, torch.zeros_like(d_fake))) / 2
         if self.r1:
-            (grad,) = torch.autograd.grad(d_real.float().sum(), real, create_graph=True)
+            (grad,) = torch.autograd.grad(d_real.float().sum(), leaf, create_graph=True)
             loss = loss + self.r1 / 2 * grad.float().pow(2).flatten(1).sum(1).mean()
         return loss
 
