@@ -32,7 +32,7 @@ class WeightAverage:
         for name, module in modules.items():
             shadow = self.shadow[name]
             for k, v in _averaged(module):
-                shadow[k].lerp_(v.detach().to(shadow[k].dtype), 1 - keep)
+                shadow[k].lerp_(v.detach(), 1 - keep)  # shadows are clones: same dtype and device
 
     @torch.no_grad()
     def copy_to(self, modules: dict[str, nn.Module]) -> None:
