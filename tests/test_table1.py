@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from scmgen.classifier import InvariantClassifier
 from scmgen.cli import cli
 from scmgen.data import ImageSet
-from scmgen.table1 import METHODS, accuracy, per_class_rate, predictions, unreadable_classes
+from scmgen.table1 import METHODS, accuracy, cue_followed, per_class_rate, predictions, unreadable_classes
 
 TINY = ["--datasets", "double_colored", "--cgn-steps", "2", "--gan-steps", "2", "--counterfactuals", "100",
         "--epochs", "1", "--batch-size", "16", "--limit", "200", "--quiet"]
@@ -32,6 +32,7 @@ def test_every_row_is_measured_and_written_with_provenance(bench: tuple[Path, di
         row = per_seed["0"]
         assert 0.0 <= row["test_accuracy"] <= 1.0 and 0.0 <= row["train_accuracy"] <= 1.0
         assert row["seconds"] > 0 and row["history"], key
+        assert set(row["test_follows"]) == {"texture", "background"}, key
     for field in ("commit", "command", "seeds", "device", "torch", "wall_seconds", "settings"):
         assert field in payload
     stages = payload["datasets"]["double_colored"]["stages"]["0"]
@@ -50,6 +51,9 @@ def test_every_row_is_measured_and_written_with_provenance(bench: tuple[Path, di
     assert len(masks["coverage"]) == 10 and all(0.0 < c <= 0.5 for c in masks["coverage"])  # oriented
     assert "double-colored MNIST " + " ".join(f"{c:.2f}" for c in masks["coverage"]) in table
     assert (out / "double_colored.png").stat().st_size > 10_000
+    follows = rows["original"]["0"]["test_follows"]
+    assert (f"| Original | texture {100 * follows['texture']:.1f} · background {100 * follows['background']:.1f} |"
+            in table)
 
 
 def test_a_rerun_reuses_every_finished_stage(bench: tuple[Path, dict]) -> None:
@@ -123,3 +127,13 @@ def test_per_class_accuracy_finds_the_class_a_mean_hides() -> None:
     assert per_class == [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     assert unreadable_classes(per_class) == [0, 1, 2, 4, 5, 6, 7, 8, 9]
     assert accuracy(model, data, precision="fp32") == pytest.approx(0.1)
+
+
+def test_cue_followed_counts_predictions_of_a_nuisance_class_that_is_not_the_digit() -> None:
+    labels = torch.tensor([0, 1, 2, 3])
+    data = ImageSet(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), labels,
+                    {"shape": labels, "texture": torch.tensor([0, 5, 6, 7]), "background": torch.tensor([9, 9, 9, 9])})
+    # image 0: right, and its texture is its digit's, so it follows nothing; image 1 follows its texture,
+    # image 2 its background, image 3 neither
+    follows = cue_followed(torch.tensor([0, 5, 9, 4]), data)
+    assert follows == {"texture": 0.25, "background": 0.25}
