@@ -211,9 +211,11 @@ class Table1:
         overrides = [*overrides, f"train.seed={seed}", f"train.device={self.s.device}", "train.sample_every=0",
                      *([f"train.steps={steps}"] if steps else [])]
         path = GRAPHS / f"{graph}.yaml"
-        # the graph's text is part of the key: an edited recipe must not reuse a model trained on the old one
+        # the graph's content is part of the key: an edited recipe must not reuse a model trained on the old
+        # one, while an edited comment keeps it
+        content = json.dumps(read_yaml(path), sort_keys=True, default=str).encode()
         folder, params = self._stage_dir(dataset, seed, stage, graph=graph, overrides=overrides,
-                                         graph_sha256=hashlib.sha256(path.read_bytes()).hexdigest()[:16])
+                                         graph_content_sha256=hashlib.sha256(content).hexdigest()[:16])
         cached = _cached(folder)
         if cached:
             self._record(dataset, seed, stage, cached)
@@ -275,12 +277,13 @@ class Table1:
     def _classifier(self, dataset: str, seed: int, method: Method, train: ImageSet, test: ImageSet,
                     envs: Callable[[tuple[float, ...]], list[ImageSet]], sets: dict[str, Path]) -> dict[str, Any]:
         lr = method.lr or self.s.lr
-        # only the generated sets this row reads are part of its key: a new CGN does not retrain the baselines
+        # only the generated sets this row reads are part of its key, by their stage's name (not its path,
+        # so a moved or copied OUT keeps its rows): a new CGN does not retrain the baselines
         folder, params = self._stage_dir(dataset, seed, f"row_{method.key}",
                                          method={k: v for k, v in asdict(method).items() if k != "lr"},
                                          epochs=self.s.epochs, lr=lr, batch_size=self.s.batch_size,
                                          precision=self.s.precision, limit=self.s.limit,
-                                         sets={k: str(v) for k, v in sets.items() if k in method.reads()})
+                                         sets={k: v.name for k, v in sets.items() if k in method.reads()})
         cached = _cached(folder)
         if cached:
             return cached

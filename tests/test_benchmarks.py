@@ -16,6 +16,7 @@ import ema_fidelity
 import engine_overhead
 import mask_orientation
 import mnist_throughput
+import real_half_shortcut
 
 
 @pytest.fixture(autouse=True)
@@ -75,3 +76,21 @@ def test_double_colored_bound_counts_the_same_colour_images() -> None:
     result = double_colored_bound.main(["--limit", "1000", "--epochs", "1", "--out", "-"])
     assert 0.05 < result["same_colour_share"] < 0.15  # one pair in ten, drawn independently
     assert result["bound"] == pytest.approx(1 - result["same_colour_share"] * (1 - result["accuracy_same_colour"]))
+
+
+def test_real_half_shortcut_trains_every_variant(tmp_path: Path) -> None:
+    from scmgen.model import SCM
+    from scmgen.sampling import generate_dataset
+
+    model = SCM.from_yaml(ROOT / "graphs" / "cgn_wildlife_mnist.yaml")
+    generate_dataset(model, 200, tmp_path / "cf", image_format="safetensors")
+    result = real_half_shortcut.main([str(tmp_path / "cf"), "--limit", "200", "--epochs", "1", "--out", "-"])
+    assert list(result) == list(real_half_shortcut.VARIANTS)
+    for r in result.values():
+        assert 0.0 <= r["test_accuracy"] <= 1.0 and set(r["follows"]) == {"texture", "background"}
+        assert all(f <= 1.0 - r["test_accuracy"] for f in r["follows"].values())  # following a cue is a mistake
+
+
+def test_real_half_shortcut_refuses_an_unknown_variant(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        real_half_shortcut.main([str(tmp_path), "--variants", "real half,mixup", "--out", "-"])

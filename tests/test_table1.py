@@ -1,6 +1,7 @@
 """`scmgen bench table1` on a tiny budget: every row of the table runs through the engine, the
 result files carry their provenance, and a rerun reuses every cached stage."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,17 @@ def test_a_rerun_reuses_every_finished_stage(bench: tuple[Path, dict]) -> None:
     assert all(r["0"]["cached"] for r in again["rows"].values())
     for key, per_seed in first["datasets"]["double_colored"]["rows"].items():
         assert again["rows"][key]["0"]["test_accuracy"] == per_seed["0"]["test_accuracy"]
+
+
+def test_a_moved_output_folder_keeps_its_cache(bench: tuple[Path, dict], tmp_path: Path) -> None:
+    out, _ = bench
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    result = CliRunner().invoke(cli, ["bench", "table1", *TINY, "--out", str(moved)])
+    assert result.exit_code == 0, result.output
+    again = json.loads((moved / "table1.json").read_text())["datasets"]["double_colored"]
+    assert all(s["cached"] for s in again["stages"]["0"].values())
+    assert all(r["0"]["cached"] for r in again["rows"].values())
 
 
 def test_a_changed_setting_recomputes_only_what_depends_on_it(bench: tuple[Path, dict]) -> None:
@@ -137,3 +149,24 @@ def test_cue_followed_counts_predictions_of_a_nuisance_class_that_is_not_the_dig
     # image 2 its background, image 3 neither
     follows = cue_followed(torch.tensor([0, 5, 9, 4]), data)
     assert follows == {"texture": 0.25, "background": 0.25}
+
+
+def test_a_graph_comment_keeps_the_trained_cgn_and_a_changed_value_retrains_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from scmgen import table1
+
+    graphs = tmp_path / "graphs"
+    shutil.copytree(table1.GRAPHS, graphs)
+    monkeypatch.setattr(table1, "GRAPHS", graphs)
+    graph = graphs / "cgn_double_colored_mnist.yaml"
+
+    def cgn_stage() -> dict:
+        result = CliRunner().invoke(cli, ["bench", "table1", *TINY, "--methods", "cgn_only", "--out", str(tmp_path / "t")])
+        assert result.exit_code == 0, result.output
+        return json.loads((tmp_path / "t" / "table1.json").read_text())["datasets"]["double_colored"]["stages"]["0"]["cgn"]
+
+    assert not cgn_stage().get("cached")
+    graph.write_text("# a comment that changes nothing\n" + graph.read_text())
+    assert cgn_stage()["cached"]
+    graph.write_text(graph.read_text().replace("weight: 0.3", "weight: 0.2"))
+    assert not cgn_stage().get("cached")
