@@ -11,7 +11,8 @@ Training: two Trainers are built from the same spec and seed (identical weights,
 and data order). One is stepped by `Trainer.train_step()`, the other by `hand_train_step`, which
 calls the three mechanisms, the composer, the LSGAN and binary-mask losses, backward, the Adam steps,
 the critic step (with R1 where the graph sets it) and the weight average (`train.ema`) directly.
-From the same RNG state their first-step losses must be equal (the script checks it and prints it). Generation: `counterfactual_batch` against `hand_generation_same`
+From the same RNG state their first-step losses must be equal (the script checks it and prints
+it). Generation: `counterfactual_batch` against `hand_generation_same`
 (the same work, including the factual textures the engine computes and then discards) and
 `hand_generation_minimal` (one mask per group, textures only for the counterfactuals); both must
 give the engine's images bit for bit.
