@@ -50,10 +50,13 @@ def bench_group() -> None:
 @click.option("--limit", type=click.IntRange(100), default=None,
               help="Use only the first N training and test images (smoke runs).")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Parallel lanes, each a process on its share of the cores (default: one per core on CPU, "
+                   "at most 4; 1 on a GPU). Results depend on the threads per lane (summation order).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def table1_command(datasets: str, methods: str, seeds: str, out: str, cgn_steps: int | None, cgn_overrides: tuple[str, ...], gan_steps: int | None,
                    n_counterfactuals: int, epochs: int, lr: float, batch_size: int, precision: str, limit: int | None,
-                   device: str, quiet: bool) -> None:
+                   device: str, workers: int | None, quiet: bool) -> None:
     """Table 1 of the CGN paper: a classifier per method on colored, double-colored and Wildlife
     MNIST, tested on images whose colours / textures are independent of the digit.
 
@@ -63,14 +66,16 @@ def table1_command(datasets: str, methods: str, seeds: str, out: str, cgn_steps:
       scmgen bench table1 --datasets wildlife --methods original,cgn --seeds 0,1,2
     """
     from scmgen.table1 import Settings, Table1
+    from scmgen.table1_lanes import default_workers, run_lanes
 
     settings = Settings(datasets=_names(datasets), methods=_names(methods), seeds=_ints(seeds), cgn_steps=cgn_steps,
                         cgn_overrides=list(cgn_overrides),
                         gan_steps=gan_steps, counterfactuals=n_counterfactuals, epochs=epochs, lr=lr,
                         batch_size=batch_size, precision=precision, limit=limit, device=device)
-    table = Table1(settings, out, progress=not quiet)
+    workers = workers or default_workers(device)
     try:
-        payload = table.run()
+        payload = run_lanes(settings, out, workers, progress=not quiet) if workers > 1 \
+            else Table1(settings, out, progress=not quiet).run()
     except KeyboardInterrupt:
         click.echo(f"interrupted; finished stages are cached in {out}/cache: rerun the same command to go on",
                    err=True)

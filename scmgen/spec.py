@@ -110,6 +110,8 @@ class LossSpec(_Strict):
 
     plugin: str
     weight: float = Field(default=1.0, ge=0)
+    # the weight rises linearly from 0 over the first `warmup` steps (0: full weight from the start)
+    warmup: int = Field(default=0, ge=0)
     inputs: dict[str, str] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
     critic: CriticSpec | None = None

@@ -160,26 +160,33 @@ def _write_stage(folder: Path, info: dict[str, Any]) -> None:
     atomic_write_text(folder / "stage.json", json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
-def _cached(folder: Path) -> dict[str, Any] | None:
-    return {**read_json(folder / "stage.json", str(folder)), "cached": True} if (folder / "stage.json").exists() \
-        else None
+def _cached(folder: Path, fresh_since: float | None = None) -> dict[str, Any] | None:
+    """The stage's record if it is done; `cached` says whether an earlier invocation did it (stages
+    finished after `fresh_since`, a time.time(), were done by this invocation's parallel lanes)."""
+    path = folder / "stage.json"
+    if not path.exists():
+        return None
+    return {**read_json(path, str(folder)), "cached": fresh_since is None or path.stat().st_mtime < fresh_since}
 
 
 class Table1:
     """Runs the stages in order, skipping those already done with the same settings."""
 
     def __init__(self, settings: Settings, out: str | Path, progress: bool = True,
-                 console: Console | None = None) -> None:
+                 console: Console | None = None, writes: bool = True) -> None:
         settings.check()
-        self.s, self.out, self.progress = settings, Path(out), progress
+        self.s, self.out, self.progress, self.writes = settings, Path(out), progress, writes
         self.console = console or Console(stderr=True)
         self.cache = self.out / "cache"
         self.started = time.perf_counter()
         self.records: dict[str, Any] = {}
+        self.lanes = {"workers": 1, "threads_per_worker": torch.get_num_threads()}  # GAN runs differ between them
+        self.lanes_started: float | None = None  # set when parallel lanes filled the cache (scmgen.table1_lanes)
         self.done_units, self.total_units = 0.0, self._plan_units()
 
     # -- progress -------------------------------------------------------------------------------
-    UNITS = {"cgn": 6.0, "gan": 3.0, "counterfactuals": 0.5, "gan_samples": 0.2, "classifier": 1.0}
+    # the stages' relative cost, from the table at ec67d47 (a classifier: about 50 s; a CGN: 20 min)
+    UNITS = {"cgn": 24.0, "gan": 4.0, "counterfactuals": 1.0, "gan_samples": 0.3, "classifier": 1.0}
 
     def _plan_units(self) -> float:
         per_seed = sum(self.UNITS[st] for st in self._stages_needed()) + len(self.s.methods) * self.UNITS["classifier"]
@@ -216,7 +223,7 @@ class Table1:
         content = json.dumps(read_yaml(path), sort_keys=True, default=str).encode()
         folder, params = self._stage_dir(dataset, seed, stage, graph=graph, overrides=overrides,
                                          graph_content_sha256=hashlib.sha256(content).hexdigest()[:16])
-        cached = _cached(folder)
+        cached = _cached(folder, self.lanes_started)
         if cached:
             self._record(dataset, seed, stage, cached)
             return SCM.from_pretrained(folder / "model", self.s.device), folder
@@ -237,7 +244,7 @@ class Table1:
         model, model_stage = trained
         folder, params = self._stage_dir(dataset, seed, stage, n=self.s.counterfactuals, per_shape=per_shape,
                                          model=model_stage.name, precision=self.s.precision)
-        cached = _cached(folder)
+        cached = _cached(folder, self.lanes_started)
         if cached:
             self._record(dataset, seed, stage, cached)
             return folder
@@ -256,6 +263,7 @@ class Table1:
         return folder
 
     # -- classifiers ----------------------------------------------------------------------------
+    @functools.lru_cache(maxsize=1)  # noqa: B019 - the run goes data set by data set; keep the current one
     def _data(self, dataset: str) -> tuple[ImageSet, ImageSet, Callable[[tuple[float, ...]], list[ImageSet]]]:
         from mechanisms.mnist.datasets import DATASETS as BUILDERS
         from mechanisms.mnist.datasets import environments
@@ -284,7 +292,7 @@ class Table1:
                                          epochs=self.s.epochs, lr=lr, batch_size=self.s.batch_size,
                                          precision=self.s.precision, limit=self.s.limit,
                                          sets={k: v.name for k, v in sets.items() if k in method.reads()})
-        cached = _cached(folder)
+        cached = _cached(folder, self.lanes_started)
         if cached:
             return cached
         self._announce(dataset, seed, f"classifier: {method.title}", "classifier")
@@ -329,11 +337,6 @@ class Table1:
             per_class = per_class_rate(hits, shapes)
             row["counterfactual_shape_fidelity"] = int(hits.sum()) / len(hits)
             row["counterfactual_shape_fidelity_per_class"] = per_class
-            for c in unreadable_classes(per_class):
-                self.console.print(f"[yellow]warning[/] {DATASETS[dataset].title} seed {seed}: only "
-                                   f"{100 * per_class[c]:.0f}% of the "
-                                   f"do(shape={c}) counterfactuals read as {c}; its mechanism probably collapsed "
-                                   f"(see {self.out / dataset}.png)")
         folder.mkdir(parents=True, exist_ok=True)
         _write_stage(folder, row)
         self._finish_unit()
@@ -343,25 +346,42 @@ class Table1:
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
         for dataset in self.s.datasets:
-            train, test, envs = self._data(dataset)
             for seed in self.s.seeds:
-                sets: dict[str, Path] = {}
-                needed = self._stages_needed()
-                if "cgn" in needed:
-                    cgn = self._train_graph(dataset, seed, "cgn", DATASETS[dataset].graph, self.s.cgn_overrides)
-                    sets["counterfactuals"] = self._generate(dataset, seed, "counterfactuals", cgn, per_shape=10)
-                    self.records.setdefault(dataset, {}).setdefault("masks", {})[str(seed)] = mask_report(cgn[0])
+                cgn = self.run_part(dataset, seed, self._stages_needed(), self.s.methods)
+                if cgn is not None:
+                    self.records.setdefault(dataset, {}).setdefault("masks", {})[str(seed)] = mask_report(cgn)
                     if seed == self.s.seeds[0]:
-                        self._figure(dataset, train, cgn[0])
-                if "gan" in needed:
-                    plugin = graph_spec(dataset)[1].data.plugin
-                    gan = self._train_graph(dataset, seed, "gan", "cgan_mnist", [f"data.plugin={plugin}"])
-                    sets["gan_samples"] = self._generate(dataset, seed, "gan_samples", gan, per_shape=1)
-                for key in self.s.methods:
-                    row = self._classifier(dataset, seed, METHODS[key], train, test, envs, sets)
-                    self.records.setdefault(dataset, {}).setdefault("rows", {}).setdefault(key, {})[str(seed)] = row
-                    self.write()
+                        self._figure(dataset, self._data(dataset)[0], cgn)
         return self.write()
+
+    def run_part(self, dataset: str, seed: int, stages: list[str], methods: list[str]) -> SCM | None:
+        """The generated sets of `stages` ("cgn", "gan": trained and sampled unless cached) and the
+        rows `methods`, which may read only those sets; returns the CGN when it is among them.
+        A whole run is every part; parallel lanes (scmgen.table1_lanes) run one part each."""
+        sets: dict[str, Path] = {}
+        cgn = None
+        if "cgn" in stages:
+            cgn = self._train_graph(dataset, seed, "cgn", DATASETS[dataset].graph, self.s.cgn_overrides)
+            sets["counterfactuals"] = self._generate(dataset, seed, "counterfactuals", cgn, per_shape=10)
+        if "gan" in stages:
+            plugin = graph_spec(dataset)[1].data.plugin
+            gan = self._train_graph(dataset, seed, "gan", "cgan_mnist", [f"data.plugin={plugin}"])
+            sets["gan_samples"] = self._generate(dataset, seed, "gan_samples", gan, per_shape=1)
+        for key in methods:
+            train, test, envs = self._data(dataset)
+            row = self._classifier(dataset, seed, METHODS[key], train, test, envs, sets)
+            self._warn_unreadable(dataset, seed, row)
+            self.records.setdefault(dataset, {}).setdefault("rows", {}).setdefault(key, {})[str(seed)] = row
+            if self.writes:
+                self.write()
+        return cgn[0] if cgn is not None else None
+
+    def _warn_unreadable(self, dataset: str, seed: int, row: dict[str, Any]) -> None:
+        per_class = row.get("counterfactual_shape_fidelity_per_class", [])
+        for c in unreadable_classes(per_class):
+            self.console.print(f"[yellow]warning[/] {DATASETS[dataset].title} seed {seed}: only "
+                               f"{100 * per_class[c]:.0f}% of the do(shape={c}) counterfactuals read as {c}; "
+                               f"its mechanism probably collapsed (see {self.out / dataset}.png)")
 
     def _record(self, dataset: str, seed: int, stage: str, info: dict[str, Any]) -> None:
         self.records.setdefault(dataset, {}).setdefault("stages", {}).setdefault(str(seed), {})[stage] = info
@@ -386,7 +406,7 @@ class Table1:
         return save_image_atomic(figure, self.out / f"{dataset}.png")
 
     def write(self) -> dict[str, Any]:
-        payload = {**run_metadata(self.s.device, seeds=self.s.seeds), "settings": asdict(self.s),
+        payload = {**run_metadata(self.s.device, seeds=self.s.seeds), "settings": asdict(self.s), "lanes": self.lanes,
                    "wall_seconds": round(time.perf_counter() - self.started, 1), "datasets": self.records}
         for dataset, record in self.records.items():
             for key, per_seed in record.get("rows", {}).items():
@@ -552,7 +572,11 @@ def markdown(payload: dict[str, Any]) -> str:
                  for per_seed in record.get("rows", {}).values() for row in per_seed.values())
     lines += ["", f"Sum of the stages' wall times (cached ones as first measured): {total / 60:.1f} min. "
               f"Wall time of this invocation: {payload['wall_seconds'] / 60:.1f} min on {payload['machine']}"
-              f" ({payload['device']}), commit {payload['commit']}, torch {payload['torch']}.",
+              f" ({payload['device']}; {_lanes(payload)}), commit {payload['commit']}, torch {payload['torch']}.",
               f"Command: `{payload['command']}`", ""]
     return "\n".join(lines)
 
+
+def _lanes(payload: dict[str, Any]) -> str:
+    lanes = payload.get("lanes", {"workers": 1, "threads_per_worker": "?"})
+    return f"{lanes['workers']} parallel lane(s) x {lanes['threads_per_worker']} thread(s)"

@@ -109,6 +109,7 @@ class LossTerm:
     module: nn.Module
     weight: float
     inputs: dict[str, str]
+    warmup: int = 0
     critic: nn.Module | None = None
     critic_opt: torch.optim.Optimizer | None = None
 
@@ -167,7 +168,7 @@ class Trainer:
         ls = self.spec.losses[name]
         inputs = {role: self._node_info(ref) for role, ref in ls.inputs.items()}
         module = build_plugin("losses", ls.plugin, inputs, ls.params, self.model.source, f"losses.{name}")
-        term = LossTerm(name, module.to(self.device), ls.weight, dict(ls.inputs))
+        term = LossTerm(name, module.to(self.device), ls.weight, dict(ls.inputs), ls.warmup)
         if isinstance(module, AdversarialLoss):
             if ls.critic is None:
                 raise SpecError(self.model.source, f"losses.{name}.critic", f"adversarial loss '{ls.plugin}' needs a critic")
@@ -217,8 +218,9 @@ class Trainer:
                 for term in self.terms:
                     inputs = self._inputs(term, values, real, label)
                     loss = term.module(term.critic, **inputs) if term.critic is not None else term.module(**inputs)
-                    total = total + term.weight * loss.float()
-                    logged[term.name] = logged.get(term.name, 0.0) + term.weight * loss.item() / accumulate
+                    weight = term.weight * min(1.0, self.step / term.warmup) if term.warmup else term.weight
+                    total = total + weight * loss.float()
+                    logged[term.name] = logged.get(term.name, 0.0) + weight * loss.item() / accumulate
             (total / accumulate).backward()
             kept.append(({k: v.detach() for k, v in values.items()}, real, label))
         for name, opt in self.optimizers.items():

@@ -11,10 +11,12 @@ from click.testing import CliRunner
 from scmgen.classifier import InvariantClassifier
 from scmgen.cli import cli
 from scmgen.data import ImageSet
-from scmgen.table1 import METHODS, accuracy, cue_followed, per_class_rate, predictions, unreadable_classes
+from scmgen.table1 import METHODS, Settings, accuracy, cue_followed, per_class_rate, predictions, unreadable_classes
+from scmgen.table1_lanes import MAKER, plan
 
-TINY = ["--datasets", "double_colored", "--cgn-steps", "2", "--gan-steps", "2", "--counterfactuals", "100",
-        "--epochs", "1", "--batch-size", "16", "--limit", "200", "--quiet"]
+TINY_ANY_LANES = ["--datasets", "double_colored", "--cgn-steps", "2", "--gan-steps", "2", "--counterfactuals", "100",
+                  "--epochs", "1", "--batch-size", "16", "--limit", "200", "--quiet"]
+TINY = [*TINY_ANY_LANES, "--workers", "1"]  # in this process: monkeypatches reach it
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +81,40 @@ def test_a_moved_output_folder_keeps_its_cache(bench: tuple[Path, dict], tmp_pat
     assert all(r["0"]["cached"] for r in again["rows"].values())
 
 
+def test_parallel_lanes_fill_the_cache_a_single_process_reads(tmp_path: Path) -> None:
+    out = tmp_path / "lanes"
+    methods = ["--methods", "original,gan,cgn_only,oracle"]
+    result = CliRunner().invoke(cli, ["bench", "table1", *TINY_ANY_LANES, *methods, "--workers", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads((out / "table1.json").read_text())
+    assert payload["lanes"]["workers"] == 2 and "2 parallel lane(s)" in (out / "table1.md").read_text()
+    record = payload["datasets"]["double_colored"]
+    assert set(record["rows"]) == {"original", "gan", "cgn_only", "oracle"}
+    assert not any(r["0"]["cached"] for r in record["rows"].values())  # the lanes did them, this invocation
+    assert set(record["stages"]["0"]) == {"cgn", "counterfactuals", "gan", "gan_samples"}
+    assert len(record["masks"]["0"]["coverage"]) == 10 and (out / "double_colored.png").exists()
+    result = CliRunner().invoke(cli, ["bench", "table1", *TINY, *methods, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    again = json.loads((out / "table1.json").read_text())["datasets"]["double_colored"]
+    assert all(s["cached"] for s in again["stages"]["0"].values())
+    assert all(r["0"]["cached"] and r["0"]["test_accuracy"] == record["rows"][k]["0"]["test_accuracy"]
+               for k, r in again["rows"].items())
+
+
+def test_the_lane_plan_runs_every_row_once_after_the_sets_it_reads() -> None:
+    parts = plan(Settings(seeds=[0, 1]))
+    assert [p.makes for p in parts[:6]] == ["cgn"] * 6  # the longest parts start first
+    rows = [(p.dataset, p.seed, m) for p in parts for m in p.methods]
+    assert len(rows) == len(set(rows)) == 3 * 2 * len(METHODS)
+    made = {(p.dataset, p.seed, p.makes) for p in parts if p.makes}
+    for p in parts:
+        assert p.needs <= made
+        assert all(MAKER[s] in p.stages for m in p.methods for s in METHODS[m].reads())
+
+
 def test_a_changed_setting_recomputes_only_what_depends_on_it(bench: tuple[Path, dict]) -> None:
     out, _ = bench
-    args = [a if a != "1" else "2" for a in TINY]  # --epochs 2: classifiers again, generators cached
+    args = [*(a if a != "1" else "2" for a in TINY_ANY_LANES), "--workers", "1"]  # --epochs 2: classifiers again
     result = CliRunner().invoke(cli, ["bench", "table1", *args, "--methods", "original", "--out", str(out)])
     assert result.exit_code == 0, result.output
     record = json.loads((out / "table1.json").read_text())["datasets"]["double_colored"]

@@ -119,3 +119,12 @@ def test_same_seed_same_trained_weights(tmp_path: Path) -> None:
     c = make_trainer(tmp_path / "c", "train.steps=4", "train.seed=1")
     c.fit()
     assert not all(torch.equal(wa[k], weights(c)[k]) for k in wa)
+
+
+def test_a_warmed_up_loss_rises_linearly_from_zero(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, "losses.binary.warmup=4", "train.steps=6")
+    logged = [trainer.train_step()["binary"] for _ in range(6)]
+    assert logged[0] == 0.0
+    # the unweighted mask entropy barely moves in a few steps: the logged value follows the ramp
+    ramp = [logged[k] / (0.3 * min(1.0, k / 4)) for k in range(1, 6)]
+    assert max(ramp) / min(ramp) < 1.2 and logged[4] > logged[1] * 3
