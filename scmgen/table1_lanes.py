@@ -26,6 +26,7 @@ from scmgen.table1 import DATASETS, METHODS, Settings, Table1
 
 # the generated set a row reads -> the stage that makes it
 MAKER = {"counterfactuals": "cgn", "gan_samples": "gan"}
+MADE_BY = {stage: made for made, stage in MAKER.items()}
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,7 @@ def plan(settings: Settings) -> list[Part]:
     for dataset in settings.datasets:
         for seed in settings.seeds:
             for stage in sorted(needed):  # "cgn" before "gan"
-                sample = "counterfactuals" if stage == "cgn" else "gan_samples"
-                parts.append(Part(dataset, seed, (stage,), (), stage, units[stage] + units[sample]))
+                parts.append(Part(dataset, seed, (stage,), (), stage, units[stage] + units[MADE_BY[stage]]))
             groups: dict[tuple[str, ...], list[str]] = {}
             for m in settings.methods:
                 groups.setdefault(tuple(sorted(MAKER[s] for s in METHODS[m].reads())), []).append(m)
@@ -93,7 +93,7 @@ def run_lanes(settings: Settings, out: str | Path, workers: int, progress: bool 
     threads = max(1, _cores() // workers)
     started, started_at = time.perf_counter(), time.time()
     Path(out).mkdir(parents=True, exist_ok=True)
-    pending, running, done = plan(settings), {}, set()
+    pending, running, done = plan(settings), set[Part](), set[tuple[str, int, str]]()
     finished: queue.Queue[tuple[Part, float | BaseException]] = queue.Queue()
     pool = multiprocessing.get_context("spawn").Pool(workers, _start_lane, (threads,), maxtasksperchild=1)
     total = sum(p.cost for p in pending)
@@ -103,7 +103,7 @@ def run_lanes(settings: Settings, out: str | Path, workers: int, progress: bool 
             while pending or running:
                 for part in [p for p in pending if p.needs <= done][:workers - len(running)]:
                     pending.remove(part)
-                    running[part] = time.perf_counter()
+                    running.add(part)
                     pool.apply_async(_run_part, (settings, str(out), part),
                                      callback=lambda s, p=part: finished.put((p, s)),
                                      error_callback=lambda e, p=part: finished.put((p, e)))
@@ -115,7 +115,7 @@ def run_lanes(settings: Settings, out: str | Path, workers: int, progress: bool 
                     part, result = finished.get(timeout=1.0)
                 except queue.Empty:
                     continue
-                del running[part]
+                running.remove(part)
                 if isinstance(result, BaseException):
                     raise result
                 if part.makes:
