@@ -2,6 +2,8 @@
 size, as ratios to the first combination measured in the same run (machines are noisy).
 
     python benchmarks/mnist_train_step.py --graph cgn_double_colored_mnist --batch-sizes 64 --precisions fp32,bf16
+    python benchmarks/mnist_train_step.py --graph cgn_wildlife_mnist --batch-sizes 64 --precisions bf16 \
+        --layouts contiguous,channels_last
 
 Prints a Markdown table and appends it, with commit, date and machine, to benchmarks/RESULTS.md.
 """
@@ -12,18 +14,27 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from mechanisms.mnist.generators import ConditionalGenerator  # noqa: E402
 from scmgen.cli import resolve_graph  # noqa: E402
 from scmgen.data import load_dataset  # noqa: E402
 from scmgen.model import SCM  # noqa: E402
 from scmgen.provenance import run_metadata  # noqa: E402
 from scmgen.trainer import Trainer  # noqa: E402
 
+LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
-def images_per_second(graph: Path, batch: int, precision: str, steps: int, warmup: int, out: Path) -> float:
+
+def images_per_second(graph: Path, batch: int, precision: str, steps: int, warmup: int, out: Path,
+                      layout: str = "channels_last") -> float:
     model = SCM.from_yaml(graph, [f"train.batch_size={batch}", f"train.precision={precision}"])
+    for mechanism in model.mechanisms.values():
+        if isinstance(mechanism, ConditionalGenerator):
+            mechanism.memory_format = LAYOUTS[layout]
     trainer = Trainer(model, load_dataset(model.spec, str(graph)), out, progress=False, tensorboard=False)
     for _ in range(warmup):
         trainer.train_step()
@@ -38,6 +49,8 @@ def main() -> None:
     parser.add_argument("--graph", default="cgn_double_colored_mnist")
     parser.add_argument("--batch-sizes", default="16,64,128")
     parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--layouts", default="channels_last",
+                        help="Generator activations: channels_last (the plugins' own), contiguous, or both")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
@@ -47,17 +60,19 @@ def main() -> None:
     start = time.perf_counter()
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
         for precision in args.precisions.split(","):
-            rate = images_per_second(graph, batch, precision, args.steps, args.warmup, Path("/tmp/scmgen-bench"))
-            base = base or rate
-            rows.append(f"| {batch} | {precision} | {rate:.0f} | {rate / base:.2f}x |")
-            print(rows[-1], flush=True)
+            for layout in args.layouts.split(","):
+                rate = images_per_second(graph, batch, precision, args.steps, args.warmup, Path("/tmp/scmgen-bench"),
+                                         layout)
+                base = base or rate
+                rows.append(f"| {batch} | {precision} | {layout} | {rate:.0f} | {rate / base:.2f}x |")
+                print(rows[-1], flush=True)
     meta = run_metadata("cpu", wall_seconds=round(time.perf_counter() - start, 1))
     section = "\n".join([
         f"\n## MNIST CGN training throughput ({graph.stem}), {meta['time'][:10]}\n",
         f"- commit {meta['commit']}, torch {meta['torch']}, {meta['machine']}, device cpu",
         f"- command: `python {' '.join(sys.argv)}`; {args.warmup} warm-up + {args.steps} timed steps each; "
         f"wall {meta['wall_seconds']} s; baseline = the first row\n",
-        "| batch | precision | images/s | vs baseline |", "|---:|---|---:|---:|", *rows, ""])
+        "| batch | precision | generator layout | images/s | vs baseline |", "|---:|---|---|---:|---:|", *rows, ""])
     with open(args.out, "a") as f:
         f.write(section)
     print(section)

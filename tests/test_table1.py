@@ -36,6 +36,10 @@ def test_every_row_is_measured_and_written_with_provenance(bench: tuple[Path, di
         assert 0.0 <= row["test_accuracy"] <= 1.0 and 0.0 <= row["train_accuracy"] <= 1.0
         assert row["seconds"] > 0 and row["history"], key
         assert set(row["test_follows"]) == {"texture", "background"}, key
+    # Original + CGN is the invariant classifier, a head per intervened label of the CGN; the reference's
+    # counterfactual-only classifier has the shape head alone
+    assert rows["cgn"]["0"]["heads"] == ["shape", "texture", "background"]
+    assert rows["cgn_only"]["0"]["heads"] == ["shape"] and rows["cgn"]["0"]["target_head"] == "shape"
     for field in ("commit", "command", "seeds", "device", "torch", "wall_seconds", "settings"):
         assert field in payload
     stages = payload["datasets"]["double_colored"]["stages"]["0"]
