@@ -7,9 +7,11 @@ MNIST in Table 1): which cue each way of mixing them teaches the classifier to f
 COUNTERFACTUALS is a counterfactual set of the data set's CGN (the bench caches one per seed).
 Every variant trains the reference CNN on Table 1's schedule:
 - counterfactuals only (the reference code's classifier);
-- real half: half of each batch real training images (Table 1's Original + CGN row);
-- three heads: the same batches with a shape, a texture and a background head, real images
-  trained through their averaged logits (the paper's invariant classifier);
+- real half: half of each batch real training images, the shape head alone (Table 1's Original +
+  CGN row until the bench switched to three heads);
+- three heads: the same batches with a head per intervened label of the CGN (shape, texture,
+  background), real images trained through their averaged logits (the paper's invariant
+  classifier, Table 1's Original + CGN row);
 - domain-adversarial: real and counterfactual batches as two environments, with a head that tells
   real from generated trained through gradient reversal (LNTL on the source) at --adversary.
 Per variant: accuracy on the biased training set and on the test set, and the share of test
@@ -30,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import cpu_model, publish  # noqa: E402
-from scmgen.classifier import InvariantClassifier  # noqa: E402
+from scmgen.classifier import InvariantClassifier, heads_from_spec  # noqa: E402
 from scmgen.classify import TensorImages, counterfactual_set, train_classifier  # noqa: E402
 from scmgen.data import ImageSet, load_dataset  # noqa: E402
 from scmgen.objectives import make_objective  # noqa: E402
@@ -49,7 +51,7 @@ def train_variant(name: str, real: ImageSet, cf: TensorImages, args: argparse.Na
     torch.manual_seed(args.seed)
     kw: dict[str, Any] = dict(recipe="mnist", epochs=args.epochs, lr=args.lr, seed=args.seed, device="cpu",
                               precision="bf16", progress=False)
-    heads = {"shape": 10, "texture": 10, "background": 10} if name == "three heads" else {"shape": 10}
+    heads = heads_from_spec(graph_spec(args.dataset)[1]) if name == "three heads" else {"shape": 10}
     model = InvariantClassifier("mnist.cnn", heads)
     if name == "domain-adversarial":  # half a batch from each environment, as the real half has
         environments = [_tagged(real.images, real.labels, 0), _tagged(cf.images, cf.labels["shape"], 1)]

@@ -64,6 +64,18 @@ class MaskInterval(Loss):
         return (F.relu(self.low - mean) + F.relu(mean - self.high)).mean()
 
 
+class MaskVariation(Loss):
+    """Mean absolute difference between neighbouring mask pixels (anisotropic total variation): a
+    clean digit's mask changes only along its outline, speckle at almost every pixel, so a small
+    weight keeps a mask that is still undecided from splitting into speckle."""
+
+    roles = ("mask",)
+
+    def forward(self, mask: torch.Tensor) -> torch.Tensor:
+        m = mask.float()
+        return (m[..., 1:, :] - m[..., :-1, :]).abs().mean() + (m[..., :, 1:] - m[..., :, :-1]).abs().mean()
+
+
 class L1(Loss):
     """Mean absolute error to a target node (reconstruction of a teacher's pseudo ground truth)."""
 

@@ -19,6 +19,7 @@ import json
 import shutil
 import statistics
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -74,6 +75,12 @@ class Method:
             out.add("counterfactuals")
         return out
 
+    @property
+    def cost(self) -> int:
+        """Training cost in single-stream classifiers: a mixed row's epoch passes over the real images
+        and as many generated ones."""
+        return 2 if self.train_on.startswith("original+") else 1
+
 
 CORRELATIONS_2 = (0.9, 1.0)
 CORRELATIONS_5 = (0.9, 0.925, 0.95, 0.975, 1.0)
@@ -102,6 +109,16 @@ METHODS = {m.key: m for m in (
     Method("oracle", "Ceiling: real training digits, colours / textures random", "environments", "erm", (0.0,),
            reads_counterfactuals=True),
 )}
+# the generated set a row reads -> the stage that trains its generator, and back
+MAKER = {"counterfactuals": "cgn", "gan_samples": "gan"}
+MADE_BY = {stage: made for made, stage in MAKER.items()}
+
+
+def generators_needed(methods: Iterable[str]) -> list[str]:
+    """The generator stages ("cgn", "gan") whose sets the rows `methods` read, in training order."""
+    return sorted({MAKER[s] for m in methods for s in METHODS[m].reads()})
+
+
 PAPER_ROWS = {"original": "Original", "irm2": "IRM (2 envs)", "irm5": "IRM (5 envs)", "lntl": "LNTL",
               "gan": "Original + GAN", "cgn": "Original + CGN"}
 DATASETS = {d.key: d for d in (
@@ -193,28 +210,28 @@ class Table1:
         self.done_units, self.total_units = 0.0, self._plan_units()
 
     # -- progress -------------------------------------------------------------------------------
-    # the stages' relative cost, from the table at ec67d47 (a classifier: about 50 s; a CGN: 20 min)
-    UNITS = {"cgn": 24.0, "gan": 4.0, "counterfactuals": 1.0, "gan_samples": 0.3, "classifier": 1.0}
+    # the stages' relative cost, from the table at 906efb4, one thread per lane (a single-stream classifier:
+    # about 80 s; a CGN: 12.5 min)
+    UNITS = {"cgn": 9.5, "gan": 2.4, "counterfactuals": 0.3, "gan_samples": 0.1, "classifier": 1.0}
 
     def _plan_units(self) -> float:
-        per_seed = sum(self.UNITS[st] for st in self._stages_needed()) + len(self.s.methods) * self.UNITS["classifier"]
+        per_seed = sum(self.UNITS[st] for st in self._stages_needed()) + \
+            sum(METHODS[m].cost for m in self.s.methods) * self.UNITS["classifier"]
         return per_seed * len(self.s.datasets) * len(self.s.seeds)
 
     def _stages_needed(self) -> list[str]:
-        read = set().union(*(METHODS[m].reads() for m in self.s.methods))
-        return [*(["cgn", "counterfactuals"] if "counterfactuals" in read else []),
-                *(["gan", "gan_samples"] if "gan_samples" in read else [])]
+        return [stage for g in generators_needed(self.s.methods) for stage in (g, MADE_BY[g])]
 
-    def _announce(self, dataset: str, seed: int, what: str, kind: str) -> None:
+    def _announce(self, dataset: str, seed: int, what: str, units: float) -> None:
         elapsed = time.perf_counter() - self.started
         left = elapsed / self.done_units * (self.total_units - self.done_units) if self.done_units else None
         eta = f", about {left / 60:.0f} min left" if left is not None else ""
         self.console.print(f"[bold cyan]table1[/] {DATASETS[dataset].title} · seed {seed} · [bold]{what}[/]"
                            f"  ({elapsed / 60:.1f} min elapsed{eta})")
-        self._kind = kind
+        self._units = units
 
     def _finish_unit(self) -> None:
-        self.done_units += self.UNITS[self._kind]
+        self.done_units += self._units
 
     # -- stages ---------------------------------------------------------------------------------
     def _stage_dir(self, dataset: str, seed: int, name: str, **params: Any) -> tuple[Path, dict[str, Any]]:
@@ -235,7 +252,7 @@ class Table1:
         if cached:
             self._record(dataset, seed, stage, cached)
             return SCM.from_pretrained(folder / "model", self.s.device), folder
-        self._announce(dataset, seed, f"train {graph}", stage)
+        self._announce(dataset, seed, f"train {graph}", self.UNITS[stage])
         model = SCM.from_yaml(path, overrides)
         start = time.perf_counter()
         result = train_run(model, path, folder, resume=has_checkpoint(folder), progress=self.progress)
@@ -257,7 +274,7 @@ class Table1:
             self._record(dataset, seed, stage, cached)
             return folder
         shutil.rmtree(folder, ignore_errors=True)  # generated, but killed before stage.json
-        self._announce(dataset, seed, f"generate {self.s.counterfactuals} {stage.replace('_', ' ')}", stage)
+        self._announce(dataset, seed, f"generate {self.s.counterfactuals} {stage.replace('_', ' ')}", self.UNITS[stage])
         with progress_bar(self.progress) as bar:
             task = bar.add_task(stage, total=self.s.counterfactuals, status="")
             result = generate_dataset(model, self.s.counterfactuals, folder, per_shape=per_shape, seed=seed,
@@ -303,7 +320,7 @@ class Table1:
         cached = _cached(folder, self.lanes_started)
         if cached:
             return cached
-        self._announce(dataset, seed, f"classifier: {method.title}", "classifier")
+        self._announce(dataset, seed, f"classifier: {method.title}", self.UNITS["classifier"] * method.cost)
         torch.manual_seed(seed)
         kw: dict[str, Any] = dict(recipe="mnist", epochs=self.s.epochs, lr=lr, batch_size=self.s.batch_size,
                                   seed=seed, device=self.s.device, precision=self.s.precision,

@@ -22,11 +22,7 @@ import torch
 from rich.console import Console
 
 from scmgen.progress import progress_bar
-from scmgen.table1 import DATASETS, METHODS, Settings, Table1
-
-# the generated set a row reads -> the stage that makes it
-MAKER = {"counterfactuals": "cgn", "gan_samples": "gan"}
-MADE_BY = {stage: made for made, stage in MAKER.items()}
+from scmgen.table1 import DATASETS, MADE_BY, MAKER, METHODS, Settings, Table1, generators_needed
 
 
 @dataclass(frozen=True)
@@ -51,16 +47,16 @@ def plan(settings: Settings) -> list[Part]:
     """The parts of a run, most expensive first (a CGN before everything that can wait for it)."""
     units = Table1.UNITS
     parts: list[Part] = []
-    needed = {MAKER[s] for m in settings.methods for s in METHODS[m].reads()}
     for dataset in settings.datasets:
         for seed in settings.seeds:
-            for stage in sorted(needed):  # "cgn" before "gan"
+            for stage in generators_needed(settings.methods):  # "cgn" before "gan"
                 parts.append(Part(dataset, seed, (stage,), (), stage, units[stage] + units[MADE_BY[stage]]))
             groups: dict[tuple[str, ...], list[str]] = {}
             for m in settings.methods:
                 groups.setdefault(tuple(sorted(MAKER[s] for s in METHODS[m].reads())), []).append(m)
             for stages, methods in groups.items():
-                parts.append(Part(dataset, seed, stages, tuple(methods), None, units["classifier"] * len(methods)))
+                parts.append(Part(dataset, seed, stages, tuple(methods), None,
+                                  units["classifier"] * sum(METHODS[m].cost for m in methods)))
     return sorted(parts, key=lambda p: (p.makes is None, -p.cost))
 
 

@@ -1,11 +1,11 @@
-"""The mask priors, binary entropy and coverage interval, on masks whose values are known by
+"""The mask priors, binary entropy, coverage interval and variation, on masks whose values are known by
 construction."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mechanisms.losses import BinaryMask, MaskInterval
+from mechanisms.losses import BinaryMask, MaskInterval, MaskVariation
 from scmgen.plugins import NodeInfo
 
 INPUTS = {"mask": NodeInfo("mask", "mechanism")}
@@ -31,3 +31,12 @@ def test_interval_is_zero_inside_and_the_distance_outside() -> None:
     assert loss(torch.full((1, 1, 4, 4), 0.0)).item() == pytest.approx(0.1)
     with pytest.raises(ValueError, match="0 <= low < high <= 1"):
         MaskInterval(INPUTS, low=0.6, high=0.5)
+
+
+def test_variation_counts_the_outline_and_is_highest_for_speckle() -> None:
+    loss = MaskVariation(INPUTS)
+    assert loss(torch.full((1, 1, 8, 8), 0.7)).item() == 0.0
+    # the bar changes value across two of the 15 column boundaries, in each of its 16 rows
+    assert loss(_stroke()).item() == pytest.approx(0.9998 * 2 / 15, rel=1e-4)
+    checkerboard = (torch.arange(16).view(-1, 1) + torch.arange(16)).remainder(2).float().view(1, 1, 16, 16)
+    assert loss(checkerboard).item() == pytest.approx(2.0)  # every neighbour differs, both directions

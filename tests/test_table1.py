@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from scmgen.classifier import InvariantClassifier
 from scmgen.cli import cli
 from scmgen.data import ImageSet
-from scmgen.table1 import METHODS, Settings, accuracy, cue_followed, per_class_rate, predictions, unreadable_classes
+from scmgen.table1 import METHODS, Settings, Table1, accuracy, cue_followed, per_class_rate, predictions, unreadable_classes
 from scmgen.table1_lanes import MAKER, plan
 
 TINY_ANY_LANES = ["--datasets", "double_colored", "--cgn-steps", "2", "--gan-steps", "2", "--counterfactuals", "100",
@@ -114,6 +114,9 @@ def test_the_lane_plan_runs_every_row_once_after_the_sets_it_reads() -> None:
     for p in parts:
         assert p.needs <= made
         assert all(MAKER[s] in p.stages for m in p.methods for s in METHODS[m].reads())
+    # a mixed row (real + generated images per batch) costs two single-stream rows
+    rows_part = next(p for p in parts if p.makes is None and "cgn" in p.methods)
+    assert rows_part.cost == Table1.UNITS["classifier"] * (2 + len(rows_part.methods) - 1)
 
 
 def test_a_changed_setting_recomputes_only_what_depends_on_it(bench: tuple[Path, dict]) -> None:
