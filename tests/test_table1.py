@@ -11,7 +11,16 @@ from click.testing import CliRunner
 from scmgen.classifier import InvariantClassifier
 from scmgen.cli import cli
 from scmgen.data import ImageSet
-from scmgen.table1 import METHODS, Settings, Table1, accuracy, cue_followed, per_class_rate, predictions, unreadable_classes
+from scmgen.table1 import (
+    METHODS,
+    Settings,
+    Table1,
+    accuracy,
+    cue_followed,
+    per_class_rate,
+    predictions,
+    unreadable_classes,
+)
 from scmgen.table1_lanes import MAKER, plan
 
 TINY_ANY_LANES = ["--datasets", "double_colored", "--cgn-steps", "2", "--gan-steps", "2", "--counterfactuals", "100",
