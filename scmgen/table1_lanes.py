@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 
 from scmgen.progress import progress_bar
-from scmgen.table1 import DATASETS, MADE_BY, MAKER, METHODS, Settings, Table1, generators_needed
+from scmgen.table1 import DATASETS, MADE_BY, METHODS, Settings, Table1, generators_needed
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def plan(settings: Settings) -> list[Part]:
                 parts.append(Part(dataset, seed, (stage,), (), stage, units[stage] + units[MADE_BY[stage]]))
             groups: dict[tuple[str, ...], list[str]] = {}
             for m in settings.methods:
-                groups.setdefault(tuple(sorted(MAKER[s] for s in METHODS[m].reads())), []).append(m)
+                groups.setdefault(tuple(generators_needed([m])), []).append(m)
             for stages, methods in groups.items():
                 parts.append(Part(dataset, seed, stages, tuple(methods), None,
                                   units["classifier"] * sum(METHODS[m].cost for m in methods)))

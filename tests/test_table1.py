@@ -12,6 +12,7 @@ from scmgen.classifier import InvariantClassifier
 from scmgen.cli import cli
 from scmgen.data import ImageSet
 from scmgen.table1 import (
+    MAKER,
     METHODS,
     Settings,
     Table1,
@@ -21,7 +22,7 @@ from scmgen.table1 import (
     predictions,
     unreadable_classes,
 )
-from scmgen.table1_lanes import MAKER, plan
+from scmgen.table1_lanes import plan
 
 TINY_ANY_LANES = ["--datasets", "double_colored", "--cgn-steps", "2", "--gan-steps", "2", "--counterfactuals", "100",
                   "--epochs", "1", "--batch-size", "16", "--limit", "200", "--quiet"]
