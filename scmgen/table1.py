@@ -76,10 +76,15 @@ class Method:
         return out
 
     @property
+    def real_fraction(self) -> float:
+        """The share of real images in each training batch: mixed rows draw half and half."""
+        return {"original+gan": 0.5, "original+cgn": 0.5, "cgn": 0.0}.get(self.train_on, 1.0)
+
+    @property
     def cost(self) -> int:
         """Training cost in single-stream classifiers: a mixed row's epoch passes over the real images
         and as many generated ones."""
-        return 2 if self.train_on.startswith("original+") else 1
+        return 2 if 0 < self.real_fraction < 1 else 1
 
 
 CORRELATIONS_2 = (0.9, 1.0)
@@ -339,14 +344,15 @@ class Table1:
             cf = counterfactual_set(sets["counterfactuals"])
             model = InvariantClassifier("mnist.cnn", heads_from_spec(graph_spec(dataset)[1]) if method.all_heads
                                         else {"shape": 10})
-            real_fraction = 0.5 if method.train_on == "original+cgn" else 0.0
-            result = train_classifier(model, train if real_fraction else None, cf, real_fraction=real_fraction, **kw)
+            result = train_classifier(model, train if method.real_fraction else None, cf,
+                                      real_fraction=method.real_fraction, **kw)
         elif method.train_on == "original+gan":
             model = InvariantClassifier("mnist.cnn", {"y": 10}, target_head="y")
-            result = train_classifier(model, train, counterfactual_set(sets["gan_samples"]), real_fraction=0.5, **kw)
+            result = train_classifier(model, train, counterfactual_set(sets["gan_samples"]),
+                                      real_fraction=method.real_fraction, **kw)
         else:
             model = InvariantClassifier("mnist.cnn", {"shape": 10})
-            result = train_classifier(model, train, real_fraction=1.0, **kw)
+            result = train_classifier(model, train, real_fraction=method.real_fraction, **kw)
         on_test = predictions(model, test.images, self.s.precision, self.s.device)
         row = {"train_accuracy": accuracy(model, evaluated_on, self.s.precision, self.s.device),
                "test_accuracy": int((on_test == test.labels).sum()) / len(test),
