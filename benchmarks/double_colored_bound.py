@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"\n## Double-colored MNIST: the same-colour bound, {meta['time'][:10]}\n",
         f"- commit {meta['commit']}, torch {meta['torch']}, {cpu_model()}, {meta['machine']}, device cpu, "
         f"seed {args.seed}",
-        f"- command: `python {' '.join(sys.argv)}`; wall {meta['wall_seconds']} s",
+        f"- command: `python {meta['command']}`; wall {meta['wall_seconds']} s",
         f"- ceiling classifier (reference CNN, real training digits with random colours, {args.epochs} epochs, "
         f"Adadelta lr {args.lr}): test accuracy {100 * result['test_accuracy']:.1f}%\n",
         "| test images | share % | ceiling accuracy % |", "|---|---:|---:|",

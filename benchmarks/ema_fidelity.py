@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         f"\n## Live weights against their moving average ({args.dataset}), {meta['time'][:10]}\n",
         f"- commit {meta['commit']}, torch {meta['torch']}, {cpu_model()}, {meta['machine']}, device cpu, "
         f"seed {args.seed}",
-        f"- command: `python {' '.join(sys.argv)}`; wall {meta['wall_seconds']} s",
+        f"- command: `python {meta['command']}`; wall {meta['wall_seconds']} s",
         f"- run: `{args.run}`; {args.per_class} counterfactuals per class\n",
         "| weights | shape fidelity % | per class do(shape=0..9) % | classes flipped |", "|---|---:|---|---|",
         *rows, ""]), args.out)

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         f"\n## Mask orientation ({args.dataset}), {meta['time'][:10]}\n",
         f"- commit {meta['commit']}, torch {meta['torch']}, {cpu_model()}, {meta['machine']}, device cpu, "
         f"seed {args.seed}",
-        f"- command: `python {' '.join(sys.argv)}`; wall {meta['wall_seconds']} s",
+        f"- command: `python {meta['command']}`; wall {meta['wall_seconds']} s",
         f"- {args.counterfactuals} counterfactuals (10 per mask); classifiers: the reference CNN, {args.epochs} "
         f"epochs; ceiling classifier on the real digits with random colours / textures: "
         f"{100 * accuracy(ceiling, test):.1f}% test\n",

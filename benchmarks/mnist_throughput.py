@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"\n## MNIST CGN throughput: training and generation, {meta['time'][:10]}\n",
         (f"- date {meta['time']}; commit {meta['commit']}; torch {meta['torch']}, Python {meta['python']}; "
         f"{cpu_model()}, {os.cpu_count()} cores, {meta['machine']}; {env}; device cpu"),
-        (f"- command: `python {' '.join(sys.argv)}`; wall {meta['wall_seconds']} s; 1-min load average "
+        (f"- command: `python {meta['command']}`; wall {meta['wall_seconds']} s; 1-min load average "
         f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (2-core machine shared with other workers: "
         "absolute numbers are low and noisy, the matmul column is measured right around each row)"),
         "- weights: randomly initialised (the graphs' seeded init); speed and memory do not depend on them",

@@ -70,7 +70,7 @@ def main() -> None:
     section = "\n".join([
         f"\n## MNIST CGN training throughput ({graph.stem}), {meta['time'][:10]}\n",
         f"- commit {meta['commit']}, torch {meta['torch']}, {meta['machine']}, device cpu",
-        f"- command: `python {' '.join(sys.argv)}`; {args.warmup} warm-up + {args.steps} timed steps each; "
+        f"- command: `python {meta['command']}`; {args.warmup} warm-up + {args.steps} timed steps each; "
         f"wall {meta['wall_seconds']} s; baseline = the first row\n",
         "| batch | precision | generator layout | images/s | vs baseline |", "|---:|---|---|---:|---:|", *rows, ""])
     with open(args.out, "a") as f:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -30,7 +31,7 @@ def run_metadata(device: str | torch.device = "cpu", **extra: Any) -> dict[str, 
     return {
         "scmgen": scmgen.__version__,
         "commit": git_commit(),
-        "command": " ".join(sys.argv),
+        "command": shlex.join(sys.argv),  # quoted: the line can be pasted back into a shell
         "python": platform.python_version(),
         "torch": torch.__version__,
         "machine": f"{platform.machine()} {platform.system()}, {torch.get_num_threads()} threads",
