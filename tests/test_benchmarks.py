@@ -88,9 +88,20 @@ def test_real_half_shortcut_trains_every_variant(tmp_path: Path) -> None:
     assert list(result) == list(real_half_shortcut.VARIANTS)
     for r in result.values():
         assert 0.0 <= r["test_accuracy"] <= 1.0 and set(r["follows"]) == {"texture", "background"}
+        assert 0.0 <= r["validation_accuracy"] <= 1.0
         assert all(f <= 1.0 - r["test_accuracy"] for f in r["follows"].values())  # following a cue is a mistake
 
 
 def test_real_half_shortcut_refuses_an_unknown_variant(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         real_half_shortcut.main([str(tmp_path), "--variants", "real half,mixup", "--out", "-"])
+
+
+def test_recorded_command_lines_paste_back_into_a_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    import shlex
+
+    from scmgen.provenance import run_metadata
+
+    argv = ["benchmarks/real_half_shortcut.py", "cf dir", "--variants", "three heads"]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert shlex.split(run_metadata()["command"]) == argv
