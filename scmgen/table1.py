@@ -219,9 +219,13 @@ class Table1:
     # about 80 s; a CGN: 12.5 min)
     UNITS = {"cgn": 9.5, "gan": 2.4, "counterfactuals": 0.3, "gan_samples": 0.1, "classifier": 1.0}
 
+    @classmethod
+    def classifier_units(cls, methods: Iterable[str]) -> float:
+        """The relative cost of training the rows `methods` (a mixed row counts twice: Method.cost)."""
+        return cls.UNITS["classifier"] * sum(METHODS[m].cost for m in methods)
+
     def _plan_units(self) -> float:
-        per_seed = sum(self.UNITS[st] for st in self._stages_needed()) + \
-            sum(METHODS[m].cost for m in self.s.methods) * self.UNITS["classifier"]
+        per_seed = sum(self.UNITS[st] for st in self._stages_needed()) + self.classifier_units(self.s.methods)
         return per_seed * len(self.s.datasets) * len(self.s.seeds)
 
     def _stages_needed(self) -> list[str]:
@@ -325,7 +329,7 @@ class Table1:
         cached = _cached(folder, self.lanes_started)
         if cached:
             return cached
-        self._announce(dataset, seed, f"classifier: {method.title}", self.UNITS["classifier"] * method.cost)
+        self._announce(dataset, seed, f"classifier: {method.title}", self.classifier_units([method.key]))
         torch.manual_seed(seed)
         kw: dict[str, Any] = dict(recipe="mnist", epochs=self.s.epochs, lr=lr, batch_size=self.s.batch_size,
                                   seed=seed, device=self.s.device, precision=self.s.precision,

@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 
 from scmgen.progress import progress_bar
-from scmgen.table1 import DATASETS, MADE_BY, METHODS, Settings, Table1, generators_needed
+from scmgen.table1 import DATASETS, MADE_BY, Settings, Table1, generators_needed
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,7 @@ def plan(settings: Settings) -> list[Part]:
             for m in settings.methods:
                 groups.setdefault(tuple(generators_needed([m])), []).append(m)
             for stages, methods in groups.items():
-                parts.append(Part(dataset, seed, stages, tuple(methods), None,
-                                  units["classifier"] * sum(METHODS[m].cost for m in methods)))
+                parts.append(Part(dataset, seed, stages, tuple(methods), None, Table1.classifier_units(methods)))
     return sorted(parts, key=lambda p: (p.makes is None, -p.cost))
 
 
