@@ -72,8 +72,12 @@ class MaskVariation(Loss):
     roles = ("mask",)
 
     def forward(self, mask: torch.Tensor) -> torch.Tensor:
-        m = mask.float()
-        return (m[..., 1:, :] - m[..., :-1, :]).abs().mean() + (m[..., :, 1:] - m[..., :, :-1]).abs().mean()
+        return variation(mask.float())
+
+
+def variation(m: torch.Tensor) -> torch.Tensor:
+    """Mean absolute step between vertically and between horizontally neighbouring pixels, summed."""
+    return (m[..., 1:, :] - m[..., :-1, :]).abs().mean() + (m[..., :, 1:] - m[..., :, :-1]).abs().mean()
 
 
 class L1(Loss):

@@ -51,6 +51,12 @@ class Mechanism(nn.Module):
         """Called once when training ends, before the model is saved: the place to settle what the
         losses leave open (the MNIST mask orients itself here). Nothing by default."""
 
+    def diagnostics(self) -> dict[str, float]:
+        """Scalars that show how this mechanism is training, logged to TensorBoard at every
+        checkpoint (the MNIST mask: coverage and variation per class, where a collapsing class
+        shows first). Must not draw from the global RNG, or logging would change the run. None by default."""
+        return {}
+
 
 class Loss(nn.Module):
     """A differentiable objective over named inputs; the engine multiplies it by its weight."""

@@ -496,10 +496,11 @@ def unreadable_classes(per_class: list[float]) -> list[int]:
 
 
 def mask_report(cgn: SCM) -> dict[str, list]:
-    """The shape mechanism's mean mask per class (digits cover about a fifth of the image) and
-    the classes whose mask it flipped after training (see MaskGenerator)."""
+    """The shape mechanism's mean mask and mask variation per class (a digit covers about a fifth
+    of the image; an empty mask is near 0, speckle varies above 0.3) and the classes whose mask it
+    flipped after training (see MaskGenerator)."""
     mask = cgn.mechanisms["mask"]
-    return {"coverage": [round(v, 3) for v in mask.coverage().tolist()],
+    return {**{k: [round(v, 3) for v in values.tolist()] for k, values in mask.class_statistics().items()},
             "flipped": torch.nonzero(mask.inverted).flatten().tolist()}
 
 
@@ -574,9 +575,11 @@ def markdown(payload: dict[str, Any]) -> str:
             "(see the data set's PNG)."]
     masks = {d: next(iter(m.values())) for d in datasets if (m := payload["datasets"][d].get("masks"))}
     if masks:
-        lines += ["", "CGN masks, first seed: mean of do(shape=0..9), and the classes whose mask came out of training "
+        lines += ["", "CGN masks, first seed: mean and variation (mean step between neighbouring pixels: a clean digit "
+                  "0.07-0.19, speckle above 0.3) of do(shape=0..9), and the classes whose mask came out of training "
                   "on the background and was flipped: " + " · ".join(
-                      f"{DATASETS[d].title} {' '.join(f'{v:.2f}' for v in m['coverage'])}, flipped "
+                      f"{DATASETS[d].title} mean {' '.join(f'{v:.2f}' for v in m['coverage'])}, variation "
+                      f"{' '.join(f'{v:.2f}' for v in m['variation'])}, flipped "
                       f"{', '.join(map(str, m['flipped'])) or 'none'}" for d, m in masks.items()) + "."]
     own_lr = "".join(f"; {m.title}: {m.lr}" for k, m in METHODS.items() if m.lr and k in settings["methods"])
     lines += ["", f"Classifier: the reference's CNN, Adadelta lr {settings['lr']} (reference: 1.0{own_lr}) x0.7 per epoch, "

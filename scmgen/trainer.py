@@ -30,7 +30,7 @@ from scmgen.ema import WeightAverage
 from scmgen.errors import ScmgenError, SpecError
 from scmgen.graph import DATA_INPUTS
 from scmgen.model import SCM, build_plugin
-from scmgen.plugins import AdversarialLoss, NodeInfo
+from scmgen.plugins import AdversarialLoss, Mechanism, NodeInfo
 from scmgen.progress import progress_bar
 from scmgen.spec import OptimizerSpec, dump_spec
 
@@ -374,11 +374,13 @@ class Trainer:
                         on_sample(self, writer)
                     if self.tcfg.checkpoint_every and self.step % self.tcfg.checkpoint_every == 0:
                         self.save_checkpoint()
+                        self._log_diagnostics(writer)
                     if self._agree(stop["now"]):
                         interrupted = True
                         break
             if interrupted or not self.tcfg.checkpoint_every or self.step % self.tcfg.checkpoint_every:
                 self.save_checkpoint()
+                self._log_diagnostics(writer)
         finally:
             if in_main:
                 signal.signal(signal.SIGINT, previous)
@@ -388,6 +390,16 @@ class Trainer:
             self.average.copy_to(self._trained())
         self.model.eval()
         return TrainResult(self.step, self.total_steps, time.perf_counter() - start, interrupted, losses)
+
+    def _log_diagnostics(self, writer: Any) -> None:
+        """Every mechanism's diagnostics() (live weights) under '<node>/<name>', at checkpoints only (they cost
+        forward passes): curves that show a collapsing class long before the run ends."""
+        if writer is None or not self.info.is_main:
+            return
+        for node, mechanism in self.model.mechanisms.items():
+            if isinstance(mechanism, Mechanism):
+                for name, value in mechanism.diagnostics().items():
+                    writer.add_scalar(f"{node}/{name}", value, self.step)
 
     def _agree(self, flag: bool) -> bool:
         """True if any process saw the flag, so all processes stop at the same step."""

@@ -98,3 +98,19 @@ def test_a_bad_texture_swap_reference_names_the_field() -> None:
         SCM.from_yaml("graphs/cgn_double_colored_mnist.yaml", ["nodes.foreground.params.swap_with=nope"])
     with pytest.raises(SpecError, match="swap_with and oriented_by go together"):
         SCM.from_yaml("graphs/cgn_double_colored_mnist.yaml", ["nodes.foreground.params={swap_with: backdrop}"])
+
+
+def test_class_statistics_of_a_constant_mask_and_the_global_rng_left_alone() -> None:
+    mask = MaskGenerator(INPUTS, width=8, init_size=4, out_size=16, activation="sigmoid")
+    with torch.no_grad():  # a constant mask per class: the head reads only its bias, the label shifts nothing
+        mask.embed.weight.zero_()
+        mask.fc.weight[:, 8:] = 0.0
+        mask.head.weight.zero_()
+        mask.head.bias.fill_(-1.386)  # logit of 0.2
+        mask.inverted[1] = True
+    state = torch.get_rng_state()
+    stats = mask.class_statistics()
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.allclose(stats["coverage"], torch.tensor([0.2, 0.8, 0.2, 0.2]), atol=1e-3)
+    assert torch.allclose(stats["variation"], torch.zeros(4), atol=1e-6)  # nothing changes between neighbours
+    assert mask.diagnostics()["coverage/class_1"] == pytest.approx(0.8, abs=1e-3) and len(mask.diagnostics()) == 8

@@ -66,7 +66,9 @@ def test_every_row_is_measured_and_written_with_provenance(bench: tuple[Path, di
     assert len(per_class) == 10 and "double-colored MNIST " + " ".join(f"{100 * v:.0f}" for v in per_class) in table
     masks = payload["datasets"]["double_colored"]["masks"]["0"]
     assert len(masks["coverage"]) == 10 and all(0.0 < c <= 0.5 for c in masks["coverage"])  # oriented
-    assert "double-colored MNIST " + " ".join(f"{c:.2f}" for c in masks["coverage"]) in table
+    assert len(masks["variation"]) == 10 and all(v > 0.0 for v in masks["variation"])
+    assert ("double-colored MNIST mean " + " ".join(f"{c:.2f}" for c in masks["coverage"]) + ", variation "
+            + " ".join(f"{v:.2f}" for v in masks["variation"])) in table
     assert (out / "double_colored.png").stat().st_size > 10_000
     follows = rows["original"]["0"]["test_follows"]
     assert (f"| Original | texture {100 * follows['texture']:.1f} · background {100 * follows['background']:.1f} |"

@@ -128,3 +128,22 @@ def test_a_warmed_up_loss_rises_linearly_from_zero(tmp_path: Path) -> None:
     # the unweighted mask entropy barely moves in a few steps: the logged value follows the ramp
     ramp = [logged[k] / (0.3 * min(1.0, k / 4)) for k in range(1, 6)]
     assert max(ramp) / min(ramp) < 1.2 and logged[4] > logged[1] * 3
+
+
+def test_checkpoints_log_the_mechanisms_diagnostics_without_changing_the_run(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    quiet = make_trainer(tmp_path / "quiet", "train.checkpoint_every=5")
+    quiet.fit()
+    model = SCM.from_yaml(TINY, ["train.steps=10", "train.log_every=1", "train.checkpoint_every=5"])
+    logged = Trainer(model, load_dataset(model.spec, str(TINY)), tmp_path / "logged", progress=False)
+    logged.fit()
+    assert all(torch.equal(v, weights(logged)[k]) for k, v in weights(quiet).items())  # no RNG drawn, no state moved
+    events = EventAccumulator(str(tmp_path / "logged" / "tensorboard"))
+    events.Reload()
+    final = model.mechanisms["mask"].class_statistics()
+    for name in ("coverage", "variation"):
+        for c in range(4):
+            scalars = events.Scalars(f"mask/{name}/class_{c}")
+            assert [s.step for s in scalars] == [5, 10]
+            assert scalars[-1].value == pytest.approx(float(final[name][c]), abs=1e-6)

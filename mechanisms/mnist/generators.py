@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from mechanisms.losses import variation as mask_variation
 from scmgen.plugins import Mechanism, NodeInfo, check_shape
 
 
@@ -103,16 +104,31 @@ class MaskGenerator(ConditionalGenerator):
         return torch.where(self.inverted[label].view(-1, 1, 1, 1), 1 - m, m)
 
     @torch.no_grad()
-    def coverage(self, per_class: int = 100, seed: int = 0) -> torch.Tensor:
-        """Mean mask of each class over `per_class` fixed noise draws."""
+    def class_statistics(self, per_class: int = 100, seed: int = 0) -> dict[str, torch.Tensor]:
+        """Per class, over `per_class` fixed noise draws (the global RNG is left alone): `coverage`,
+        the mean mask, and `variation`, its mean absolute step between neighbouring pixels. A
+        clean digit covers 5-25% and varies only along its outline (variation about 0.07-0.19
+        in the shipped runs); an empty mask has coverage near 0 and speckle variation above 0.3."""
         was_training = self.training
         self.eval()
         g = torch.Generator().manual_seed(seed)
         device = self.inverted.device
-        means = [self(torch.randn(per_class, self.noise_dim, generator=g).to(device),
-                      torch.full((per_class,), c, device=device)).mean() for c in range(self.classes)]
+        coverage, variation = [], []
+        for c in range(self.classes):
+            m = self(torch.randn(per_class, self.noise_dim, generator=g).to(device),
+                     torch.full((per_class,), c, device=device))
+            coverage.append(m.mean())
+            variation.append(mask_variation(m))
         self.train(was_training)
-        return torch.stack(means).cpu()
+        return {"coverage": torch.stack(coverage).cpu(), "variation": torch.stack(variation).cpu()}
+
+    def coverage(self) -> torch.Tensor:
+        """Mean mask of each class (see class_statistics)."""
+        return self.class_statistics()["coverage"]
+
+    def diagnostics(self) -> dict[str, float]:
+        return {f"{name}/class_{c}": float(v) for name, values in self.class_statistics().items()
+                for c, v in enumerate(values)}
 
     def after_training(self) -> None:
         if self.orient:
