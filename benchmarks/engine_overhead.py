@@ -9,7 +9,7 @@ randomly initialised weights (speed does not depend on the values).
 
 Training: two Trainers are built from the same spec and seed (identical weights, critics, optimisers
 and data order). One is stepped by `Trainer.train_step()`, the other by `hand_train_step`, which
-calls the three mechanisms, the composer, the LSGAN, binary-mask and mask-variation losses, backward, the Adam steps,
+calls the three mechanisms, the composer, the LSGAN, binary-mask, mask-variation and layer-colour losses, backward, the Adam steps,
 the critic step (with R1 where the graph sets it) and the weight average (`train.ema`) directly.
 From the same RNG state their first-step losses must be equal (the script checks it and prints
 it). Generation: `counterfactual_batch` against `hand_generation_same`
@@ -54,6 +54,7 @@ from scmgen.trainer import Trainer, autocast
 GRAPH = ROOT / "graphs" / "cgn_double_colored_mnist.yaml"
 BINARY_MASK_WEIGHT = 0.3  # the graph's losses.binary_mask.weight (checked against the spec)
 MASK_VARIATION_WEIGHT = 0.3  # the graph's losses.mask_variation.weight (checked too)
+LAYER_COLOURS_WEIGHT, LAYER_COLOURS_PIXELS = 1.0, 128  # losses.layer_colours: weight, and the plugin's default pixels
 TARGET = 1.03  # the engine may be at most 3% slower
 
 
@@ -73,6 +74,7 @@ class HandLoop:
         spec = trainer.spec
         assert spec.losses["binary_mask"].weight == BINARY_MASK_WEIGHT and spec.losses["gan"].weight == 1.0
         assert spec.losses["binary_mask"].warmup == 0 and spec.losses["mask_variation"].weight == MASK_VARIATION_WEIGHT
+        assert spec.losses["layer_colours"].weight == LAYER_COLOURS_WEIGHT and not spec.losses["layer_colours"].params
         assert spec.train.accumulate == 1 and dict(spec.train.condition) == {"y": "label"}
         mech = trainer.model.mechanisms
         self.backdrop, self.mask, self.foreground = mech["backdrop"], mech["mask"], mech["foreground"]
@@ -109,7 +111,12 @@ class HandLoop:
             mf = m.float()
             binary = -(mf * torch.log2(mf) + (1 - mf) * torch.log2(1 - mf)).mean()
             variation = (mf[..., 1:, :] - mf[..., :-1, :]).abs().mean() + (mf[..., :, 1:] - mf[..., :, :-1]).abs().mean()
-            total = gan.float() + BINARY_MASK_WEIGHT * binary.float() + MASK_VARIATION_WEIGHT * variation
+            some = [x.float().flatten(2)[:, :, torch.randint(32 * 32, (LAYER_COLOURS_PIXELS,))].transpose(1, 2)
+                    for x in (f, b, real)]  # random pixels of each, drawn in this order
+            distance = (torch.cat(some[:2], 1)[:, :, None] - some[2][:, None]).pow(2).sum(-1)
+            colours = distance.min(2).values.mean() + distance.min(1).values.mean()
+            total = (gan.float() + BINARY_MASK_WEIGHT * binary.float() + MASK_VARIATION_WEIGHT * variation
+                     + LAYER_COLOURS_WEIGHT * colours)
         total.backward()
         for opt in self.opts:
             opt.step()
@@ -132,7 +139,8 @@ class HandLoop:
                 for s, t in zip(self.shadow, self.live):
                     s.lerp_(t, 1 - keep)
         return {"gan": gan.item(), "binary_mask": BINARY_MASK_WEIGHT * binary.item(),
-                "mask_variation": MASK_VARIATION_WEIGHT * variation.item(), "gan.critic": critic.item()}
+                "mask_variation": MASK_VARIATION_WEIGHT * variation.item(),
+                "layer_colours": LAYER_COLOURS_WEIGHT * colours.item(), "gan.critic": critic.item()}
 
 
 def check_same_losses(engine: Trainer, hand: HandLoop) -> tuple[bool, str]:

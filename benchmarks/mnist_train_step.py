@@ -4,6 +4,10 @@ size, as ratios to the first combination measured in the same run (machines are 
     python benchmarks/mnist_train_step.py --graph cgn_double_colored_mnist --batch-sizes 64 --precisions fp32,bf16
     python benchmarks/mnist_train_step.py --graph cgn_wildlife_mnist --batch-sizes 64 --precisions bf16 \
         --layouts contiguous,channels_last
+    python benchmarks/mnist_train_step.py --batch-sizes 64 --precisions bf16 --without layer_colours
+
+`--without NAME` also measures each combination with that loss term left out of the step (what
+the term costs).
 
 Prints a Markdown table and appends it, with commit, date and machine, to benchmarks/RESULTS.md.
 """
@@ -30,12 +34,16 @@ LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_
 
 
 def images_per_second(graph: Path, batch: int, precision: str, steps: int, warmup: int, out: Path,
-                      layout: str = "channels_last") -> float:
+                      layout: str = "channels_last", without: str | None = None) -> float:
     model = SCM.from_yaml(graph, [f"train.batch_size={batch}", f"train.precision={precision}"])
     for mechanism in model.mechanisms.values():
         if isinstance(mechanism, ConditionalGenerator):
             mechanism.memory_format = LAYOUTS[layout]
     trainer = Trainer(model, load_dataset(model.spec, str(graph)), out, progress=False, tensorboard=False)
+    if without is not None:
+        if without not in [t.name for t in trainer.terms]:
+            raise SystemExit(f"--without {without}: not a loss of {graph.stem} ({', '.join(t.name for t in trainer.terms)})")
+        trainer.terms = [t for t in trainer.terms if t.name != without]
     for _ in range(warmup):
         trainer.train_step()
     start = time.perf_counter()
@@ -53,6 +61,7 @@ def main() -> None:
                         help="Generator activations: channels_last (the plugins' own), contiguous, or both")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--without", default=None, help="a loss term to also measure the step without")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     args = parser.parse_args()
     graph = resolve_graph(args.graph)
@@ -61,18 +70,21 @@ def main() -> None:
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
         for precision in args.precisions.split(","):
             for layout in args.layouts.split(","):
-                rate = images_per_second(graph, batch, precision, args.steps, args.warmup, Path("/tmp/scmgen-bench"),
-                                         layout)
-                base = base or rate
-                rows.append(f"| {batch} | {precision} | {layout} | {rate:.0f} | {rate / base:.2f}x |")
-                print(rows[-1], flush=True)
+                for without in ([None, args.without] if args.without else [None]):
+                    rate = images_per_second(graph, batch, precision, args.steps, args.warmup,
+                                             Path("/tmp/scmgen-bench"), layout, without)
+                    base = base or rate
+                    losses = f"without {without}" if without else "all"
+                    rows.append(f"| {batch} | {precision} | {layout} | {losses} | {rate:.0f} | {rate / base:.2f}x |")
+                    print(rows[-1], flush=True)
     meta = run_metadata("cpu", wall_seconds=round(time.perf_counter() - start, 1))
     section = "\n".join([
         f"\n## MNIST CGN training throughput ({graph.stem}), {meta['time'][:10]}\n",
         f"- commit {meta['commit']}, torch {meta['torch']}, {meta['machine']}, device cpu",
         f"- command: `python {meta['command']}`; {args.warmup} warm-up + {args.steps} timed steps each; "
         f"wall {meta['wall_seconds']} s; baseline = the first row\n",
-        "| batch | precision | generator layout | images/s | vs baseline |", "|---:|---|---|---:|---:|", *rows, ""])
+        "| batch | precision | generator layout | losses | images/s | vs baseline |", "|---:|---|---|---|---:|---:|",
+        *rows, ""])
     with open(args.out, "a") as f:
         f.write(section)
     print(section)

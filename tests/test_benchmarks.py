@@ -105,3 +105,30 @@ def test_recorded_command_lines_paste_back_into_a_shell(monkeypatch: pytest.Monk
     argv = ["benchmarks/real_half_shortcut.py", "cf dir", "--variants", "three heads"]
     monkeypatch.setattr(sys, "argv", argv)
     assert shlex.split(run_metadata()["command"]) == argv
+
+
+def test_train_step_measures_a_graph_without_one_of_its_losses(tmp_path: Path) -> None:
+    import mnist_train_step
+
+    graph = ROOT / "graphs" / "cgn_double_colored_mnist.yaml"
+    assert mnist_train_step.images_per_second(graph, 4, "bf16", 1, 0, tmp_path, without="layer_colours") > 0
+    with pytest.raises(SystemExit, match="--without colour: not a loss of cgn_double_colored_mnist"):
+        mnist_train_step.images_per_second(graph, 4, "bf16", 1, 0, tmp_path, without="colour")
+
+
+def test_mask_dynamics_reads_every_checkpoint_of_a_run(tmp_path: Path) -> None:
+    import mask_dynamics
+
+    from scmgen.model import SCM
+
+    model = SCM.from_yaml(ROOT / "graphs" / "cgn_double_colored_mnist.yaml").eval()
+    for step in (1, 2):
+        model.save_pretrained(tmp_path / "checkpoints" / f"step_{step:07d}")
+    result = mask_dynamics.main([str(tmp_path), "--dataset", "double_colored", "--out", "-"])
+    assert list(result) == [1, 2] and result[1] == result[2]  # same weights, same statistics
+    mean, variation, colours = (result[1][name] for name in mask_dynamics.STATISTICS)
+    assert len(mean) == len(variation) == len(colours) == 10
+    assert all(0 < m < 1 for m in mean) and all(v > 0 for v in variation)
+    assert all(d > 0.05 for d in colours)  # untrained layers are nowhere near the digits' colours
+    with pytest.raises(SystemExit):
+        mask_dynamics.main([str(tmp_path / "none"), "--out", "-"])

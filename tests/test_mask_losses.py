@@ -40,3 +40,25 @@ def test_variation_counts_the_outline_and_is_highest_for_speckle() -> None:
     assert loss(_stroke()).item() == pytest.approx(0.9998 * 2 / 15, rel=1e-4)
     checkerboard = (torch.arange(16).view(-1, 1) + torch.arange(16)).remainder(2).float().view(1, 1, 16, 16)
     assert loss(checkerboard).item() == pytest.approx(2.0)  # every neighbour differs, both directions
+
+
+def test_layer_colours_is_zero_on_the_real_colours_and_pulls_a_foreign_one_back() -> None:
+    from mechanisms.losses import LayerColours
+
+    inputs = {role: NodeInfo(role, "mechanism") for role in ("foreground", "background")}
+    loss = LayerColours({**inputs, "real": NodeInfo("data.image", "data")}, pixels=64)
+    green, lime, red = (torch.tensor(c).view(1, 3, 1, 1).expand(2, 3, 8, 8) for c in
+                        ([-1.0, -0.2, -1.0], [-1.0, 1.0, -1.0], [1.0, -1.0, -1.0]))
+    real = lime.clone()
+    real[..., 2:4, 2:6] = green[..., 2:4, 2:6]  # a green stroke on lime, as double-colored class 6
+    torch.manual_seed(0)
+    assert loss(green, lime, real).item() < 1e-6  # the layers hold exactly the real colours
+    # either layer may hold the object: the loss does not say which (the mask's orientation is free)
+    assert loss(lime, green, real).item() < 1e-6
+    drifted = red.clone().requires_grad_(True)  # a foreground nothing shows, drifted to red
+    value = loss(drifted, lime, real)
+    assert value.item() > 1.0
+    value.backward()
+    assert drifted.grad is not None and drifted.grad[:, 0].sum() > 0  # descent lowers the red channel
+    with pytest.raises(ValueError, match="pixels must be positive"):
+        LayerColours({**inputs, "real": NodeInfo("data.image", "data")}, pixels=0)
