@@ -31,12 +31,13 @@ from scmgen.provenance import run_metadata  # noqa: E402
 from scmgen.table1 import graph_spec  # noqa: E402
 
 STATISTICS = ("mean mask", "mask variation", "layer colour distance")
+PER_CLASS = 50  # samples and real images per class
 
 
-def class_dynamics(cgn: SCM, real: dict[int, torch.Tensor], per_class: int = 50) -> dict[str, list[float]]:
+def class_dynamics(cgn: SCM, real: dict[int, torch.Tensor], per_class: int = PER_CLASS) -> dict[str, list[float]]:
     """The STATISTICS of each class of one checkpoint."""
-    mask = cgn.mechanisms["mask"]
-    out = {k: v.tolist() for k, v in zip(STATISTICS[:2], mask.class_statistics().values())}
+    mask = cgn.mechanisms["mask"].class_statistics()
+    out = {"mean mask": mask["coverage"].tolist(), "mask variation": mask["variation"].tolist()}
     colours = LayerColours({}, pixels=256)
     torch.manual_seed(0)
     distances = []
@@ -46,7 +47,7 @@ def class_dynamics(cgn: SCM, real: dict[int, torch.Tensor], per_class: int = 50)
             v = cgn.sample(per_class, {"shape": labels, "texture": labels, "background": labels}, seed=c,
                            targets=["foreground", "backdrop"])
             distances.append(float(colours(v["foreground"], v["backdrop"], real[c][:per_class])))
-    return {**out, STATISTICS[2]: distances}
+    return {**out, "layer colour distance": distances}
 
 
 def main(argv: list[str] | None = None) -> dict[int, dict[str, list[float]]]:
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, list[float]]]:
         parser.error(f"{args.run}/checkpoints holds no step_* checkpoint")
     path, spec = graph_spec(args.dataset)
     train = load_dataset(spec, str(path), "train")
-    real = {c: train.batch(torch.nonzero(train.labels == c)[:50, 0])[0] for c in range(10)}
+    real = {c: train.batch(torch.nonzero(train.labels == c)[:PER_CLASS, 0])[0] for c in range(10)}
     results = {int(p.name.split("_")[1]): class_dynamics(SCM.from_pretrained(p).eval(), real) for p in steps}
     meta = run_metadata("cpu", wall_seconds=round(time.perf_counter() - start, 1))
     lines = [f"\n## Per-class mask dynamics ({args.dataset}), {meta['time'][:10]}\n",
