@@ -103,8 +103,22 @@ class LayerColours(Loss):
             return flat[:, :, torch.randint(flat.shape[2], (self.pixels,), device=x.device)].transpose(1, 2)
 
         layers, target = torch.cat([some(foreground), some(background)], 1), some(real.detach())
-        distance = (layers[:, :, None] - target[:, None]).pow(2).sum(-1)  # (n, layer pixels, real pixels)
-        return distance.min(2).values.mean() + distance.min(1).values.mean()
+        # which pixel is nearest needs no gradient (cdist finds it by matrix products); only the nearest
+        # pairs' distances do. The min over a (n, layer, real) distance tensor, differentiated, took 2.8x longer
+        with torch.no_grad():
+            distance = torch.cdist(layers, target)  # (n, layer pixels, real pixels)
+            to_real, to_layer = distance.argmin(2), distance.argmin(1)
+        return squared_distance(layers, nearest(target, to_real)) + squared_distance(target, nearest(layers, to_layer))
+
+
+def nearest(points: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """points (n, p, c) at index (n, q): the (n, q, c) points each index names."""
+    return points.gather(1, index[..., None].expand(-1, -1, points.shape[2]))
+
+
+def squared_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean over points of the squared Euclidean distance between (n, p, c) point sets, pair by pair."""
+    return (a - b).pow(2).sum(-1).mean()
 
 
 def variation(m: torch.Tensor) -> torch.Tensor:

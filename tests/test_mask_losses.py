@@ -62,3 +62,28 @@ def test_layer_colours_is_zero_on_the_real_colours_and_pulls_a_foreign_one_back(
     assert drifted.grad is not None and drifted.grad[:, 0].sum() > 0  # descent lowers the red channel
     with pytest.raises(ValueError, match="pixels must be positive"):
         LayerColours({**inputs, "real": NodeInfo("data.image", "data")}, pixels=0)
+
+
+def test_layer_colours_has_the_value_and_gradient_of_the_full_chamfer_distance() -> None:
+    """The loss finds nearest pixels without gradient and differentiates only those pairs: it must agree
+    with the min over the whole distance tensor, differentiated by autograd."""
+    from mechanisms.losses import LayerColours
+
+    inputs = {role: NodeInfo(role, "mechanism") for role in ("foreground", "background")}
+    loss = LayerColours({**inputs, "real": NodeInfo("data.image", "data")}, pixels=32)
+    torch.manual_seed(1)
+    foreground, background = (torch.randn(3, 3, 8, 8, requires_grad=True) for _ in range(2))
+    real = torch.randn(3, 3, 8, 8)
+    torch.manual_seed(2)
+    value = loss(foreground, background, real)
+    value.backward()
+    torch.manual_seed(2)  # the same random pixels, picked as the loss picks them
+    picked = [x.flatten(2)[:, :, torch.randint(64, (32,))].transpose(1, 2) for x in (foreground, background, real)]
+    layers, target = torch.cat(picked[:2], 1), picked[2]
+    distance = (layers[:, :, None] - target[:, None]).pow(2).sum(-1)
+    full = distance.min(2).values.mean() + distance.min(1).values.mean()
+    grads = torch.autograd.grad(full, (foreground, background))
+    assert value.item() == pytest.approx(full.item(), rel=1e-6)
+    for mine, reference in zip((foreground.grad, background.grad), grads):
+        assert torch.allclose(mine, reference, atol=1e-7)
+        assert reference.abs().sum() > 0
