@@ -37,7 +37,7 @@ from scmgen.images import grid_image, save_image_atomic
 from scmgen.model import SCM
 from scmgen.objectives import make_objective
 from scmgen.progress import progress_bar
-from scmgen.provenance import run_metadata
+from scmgen.provenance import git_commit, run_metadata
 from scmgen.sampling import counterfactual_grid, generate_dataset, random_weights_note
 from scmgen.spec import GraphSpec, apply_overrides, parse_spec, read_yaml
 from scmgen.training_run import has_checkpoint, train_run
@@ -208,7 +208,8 @@ class Table1:
         self.s, self.out, self.progress, self.writes = settings, Path(out), progress, writes
         self.console = console or Console(stderr=True)
         self.cache = self.out / "cache"
-        self.started = time.perf_counter()
+        # the code this run trained with: read before the run writes its own tracked files (results/table1)
+        self.started, self.commit = time.perf_counter(), git_commit()
         self.records: dict[str, Any] = {}
         self.lanes = {"workers": 1, "threads_per_worker": torch.get_num_threads()}  # GAN runs differ between them
         self.lanes_started: float | None = None  # set when parallel lanes filled the cache (scmgen.table1_lanes)
@@ -441,7 +442,8 @@ class Table1:
         return save_image_atomic(figure, self.out / f"{dataset}.png")
 
     def write(self) -> dict[str, Any]:
-        payload = {**run_metadata(self.s.device, seeds=self.s.seeds), "settings": asdict(self.s), "lanes": self.lanes,
+        payload = {**run_metadata(self.s.device, seeds=self.s.seeds), "commit": self.commit, "settings": asdict(self.s),
+                   "lanes": self.lanes,
                    "wall_seconds": round(time.perf_counter() - self.started, 1), "datasets": self.records}
         for dataset, record in self.records.items():
             for key, per_seed in record.get("rows", {}).items():

@@ -22,6 +22,7 @@ import torch
 from rich.console import Console
 
 from scmgen.progress import progress_bar
+from scmgen.provenance import git_commit
 from scmgen.table1 import DATASETS, MADE_BY, Settings, Table1, generators_needed
 
 
@@ -86,7 +87,7 @@ def run_lanes(settings: Settings, out: str | Path, workers: int, progress: bool 
     settings.check()
     console = console or Console(stderr=True)
     threads = max(1, _cores() // workers)
-    started, started_at = time.perf_counter(), time.time()
+    started, started_at, commit = time.perf_counter(), time.time(), git_commit()
     Path(out).mkdir(parents=True, exist_ok=True)
     pending, running, done = plan(settings), set[Part](), set[tuple[str, int, str]]()
     finished: queue.Queue[tuple[Part, float | BaseException]] = queue.Queue()
@@ -121,6 +122,6 @@ def run_lanes(settings: Settings, out: str | Path, workers: int, progress: bool 
         pool.terminate()  # on an error or an interrupt, stop the other lanes: finished stages stay cached
         pool.join()
     table = Table1(settings, out, progress=False, console=console)
-    table.started, table.lanes_started = started, started_at
+    table.started, table.lanes_started, table.commit = started, started_at, commit
     table.lanes = {"workers": workers, "threads_per_worker": threads}
     return table.run()

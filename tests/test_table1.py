@@ -86,6 +86,21 @@ def test_a_rerun_reuses_every_finished_stage(bench: tuple[Path, dict]) -> None:
         assert again["rows"][key]["0"]["test_accuracy"] == per_seed["0"]["test_accuracy"]
 
 
+def test_the_commit_recorded_is_the_one_the_run_started_from(bench: tuple[Path, dict],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bench writes tracked files (its PNGs) before table1.json: a commit read at the end would call
+    every run into results/table1 dirty."""
+    from scmgen import table1
+
+    out, _ = bench
+    monkeypatch.setattr(table1, "git_commit", lambda: "abc123")  # as the checkout was when the run started
+    monkeypatch.setattr("scmgen.provenance.git_commit", lambda: "abc123+dirty")  # after it wrote its PNGs
+    result = CliRunner().invoke(cli, ["bench", "table1", *TINY, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads((out / "table1.json").read_text())
+    assert payload["commit"] == "abc123" and "commit abc123," in (out / "table1.md").read_text()
+
+
 def test_a_moved_output_folder_keeps_its_cache(bench: tuple[Path, dict], tmp_path: Path) -> None:
     out, _ = bench
     moved = tmp_path / "moved"
