@@ -104,7 +104,8 @@ class LayerColours(Loss):
 
         layers, target = torch.cat([some(foreground), some(background)], 1), some(real.detach())
         # which pixel is nearest needs no gradient (cdist finds it by matrix products); only the nearest
-        # pairs' distances do. The min over a (n, layer, real) distance tensor, differentiated, took 2.8x longer
+        # pairs' distances do. Differentiating the min over the whole (n, layer, real) distance tensor
+        # made a double-colored CGN step 1.46x slower instead of 1.11x (benchmarks/RESULTS.md)
         with torch.no_grad():
             distance = torch.cdist(layers, target)  # (n, layer pixels, real pixels)
             to_real, to_layer = distance.argmin(2), distance.argmin(1)
