@@ -132,3 +132,32 @@ def test_mask_dynamics_reads_every_checkpoint_of_a_run(tmp_path: Path) -> None:
     assert all(d > 0.05 for d in colours)  # untrained layers are nowhere near the digits' colours
     with pytest.raises(SystemExit):
         mask_dynamics.main([str(tmp_path / "none"), "--out", "-"])
+
+
+def test_mechanism_swap_trains_on_every_mix_of_cgn_and_true_layers(tmp_path: Path) -> None:
+    import mechanism_swap
+
+    from scmgen.model import SCM
+
+    SCM.from_yaml(ROOT / "graphs" / "cgn_double_colored_mnist.yaml").save_pretrained(tmp_path / "model", {"step": 0})
+    result = mechanism_swap.main([str(tmp_path / "model"), "--dataset", "double_colored", "--n", "200",
+                                  "--epochs", "1", "--limit", "200", "--out", "-"])
+    assert list(result) == [name for name, _, _ in mechanism_swap.ROWS]
+    assert all(0.0 <= r["mean"] <= 1.0 and len(r["runs"][0]["per_class"]) == 10 for r in result.values())
+
+
+def test_true_mechanisms_are_the_pieces_the_data_set_is_made_of() -> None:
+    from mechanisms.mnist import datasets
+
+    built = datasets.double_colored_mnist("train", correlation=0.5, seed=3)
+    masks, labels, paint_object, paint_background = datasets.true_mechanisms(datasets.double_colored_mnist)
+    assert torch.equal(labels, built.labels)
+    g = datasets._generator(3, "train")  # the builder's draws, in its order
+    p = torch.full(labels.shape, 0.5)
+    texture, background = datasets._factor_index(labels, p, g), datasets._factor_index(labels, p, g)
+    assert torch.equal(texture, built.factors["texture"]) and torch.equal(background, built.factors["background"])
+    everything = slice(None)
+    images = torch.where(masks, paint_object(texture, g)(everything), paint_background(background, g)(everything))
+    assert torch.equal(images, built.images)
+    with pytest.raises(ValueError, match="not a two-factor set"):
+        datasets.true_mechanisms(datasets.colored_mnist)

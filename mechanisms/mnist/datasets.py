@@ -20,7 +20,7 @@ import os
 import pickle
 import zlib
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -311,10 +311,15 @@ def _two_factor_set(digits: torch.Tensor, labels: torch.Tensor, correlation: tor
     background = _factor_index(labels, correlation, g)  # drawn independently of the texture
     object_pixels = paint_object(texture, g)
     background_pixels = paint_background(background, g)
-    mask = (_resize32(digits) > BINARY_THRESHOLD).unsqueeze(1)
+    mask = _binary_masks(digits)
     images = _fill(len(labels), lambda rows: torch.where(mask[rows], object_pixels(rows), background_pixels(rows)))
     factors = {"shape": labels, "texture": texture, "background": background}
     return ImageSet(images, labels, factors, list(CLASS_NAMES))
+
+
+def _binary_masks(digits: torch.Tensor) -> torch.Tensor:
+    """bool (N, 1, 32, 32): the stroke pixels of 28x28 digits, the mask of a two-factor set."""
+    return (_resize32(digits) > BINARY_THRESHOLD).unsqueeze(1)
 
 
 def _colour_painter(shift: int) -> Painter:
@@ -468,6 +473,18 @@ DATASETS: dict[str, Callable[..., ImageSet]] = {
 }
 _RECIPES = {colored_mnist: _colored_recipe, double_colored_mnist: _double_colored_recipe,
             wildlife_mnist: _wildlife_recipe}
+
+
+def true_mechanisms(builder: Callable[..., ImageSet], split: str = "train", mnist_root: str | os.PathLike | None = None,
+                    **extra: Any) -> tuple[torch.Tensor, torch.Tensor, Painter, Painter]:
+    """The generating process of a two-factor set (double-colored, Wildlife) piece by piece: its digit
+    masks (bool, N x 1 x 32 x 32) with their labels, and the painters of its object and background
+    layers. They are what a perfect CGN's shape and texture mechanisms would output, so one of a CGN's
+    mechanisms can be swapped for the truth (benchmarks/mechanism_swap.py)."""
+    digits, labels, compose = _RECIPES[builder](split, mnist_root=mnist_root, **extra)
+    if getattr(compose, "func", None) is not _two_factor_set:
+        raise ValueError(f"{builder.__name__} has no mask and texture layers: not a two-factor set")
+    return _binary_masks(digits), labels, compose.keywords["paint_object"], compose.keywords["paint_background"]
 
 
 def environments(builder: Callable[..., ImageSet], correlations: list[float], seed: int = 0,
