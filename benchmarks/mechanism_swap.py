@@ -84,7 +84,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.n < 10:
+        parser.error(f"--n {args.n}: expected at least 10 images")
     cgn = SCM.from_pretrained(args.model, "cpu").eval()
+    trained_on, plugin = cgn.spec.data and cgn.spec.data.plugin, graph_spec(args.dataset)[1].data.plugin
+    if trained_on != plugin:
+        parser.error(f"{args.model}: a CGN of {trained_on}, not of --dataset {args.dataset} ({plugin})")
     test = real_sets(args.dataset, args.limit)[1]
 
     masks, digit_labels, paint_object, paint_background = truth(args.dataset)

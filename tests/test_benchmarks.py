@@ -144,6 +144,8 @@ def test_mechanism_swap_trains_on_every_mix_of_cgn_and_true_layers(tmp_path: Pat
                                   "--epochs", "1", "--limit", "200", "--out", "-"])
     assert list(result) == [name for name, _, _ in mechanism_swap.ROWS]
     assert all(0.0 <= r["mean"] <= 1.0 and len(r["runs"][0]["per_class"]) == 10 for r in result.values())
+    with pytest.raises(SystemExit):  # a double-colored CGN against Wildlife's truth
+        mechanism_swap.main([str(tmp_path / "model"), "--dataset", "wildlife", "--out", "-"])
 
 
 def test_true_mechanisms_are_the_pieces_the_data_set_is_made_of() -> None:
