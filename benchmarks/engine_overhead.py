@@ -113,8 +113,13 @@ class HandLoop:
             variation = (mf[..., 1:, :] - mf[..., :-1, :]).abs().mean() + (mf[..., :, 1:] - mf[..., :, :-1]).abs().mean()
             some = [x.float().flatten(2)[:, :, torch.randint(32 * 32, (LAYER_COLOURS_PIXELS,))].transpose(1, 2)
                     for x in (f, b, real)]  # random pixels of each, drawn in this order
-            distance = (torch.cat(some[:2], 1)[:, :, None] - some[2][:, None]).pow(2).sum(-1)
-            colours = distance.min(2).values.mean() + distance.min(1).values.mean()
+            layers, target = torch.cat(some[:2], 1), some[2]
+            with torch.no_grad():  # the nearest pixels, as the plugin finds them; only those pairs are differentiated
+                distance = torch.cdist(layers, target)
+                to_real, to_layer = distance.argmin(2), distance.argmin(1)
+            near_real = target.gather(1, to_real[..., None].expand(-1, -1, 3))
+            near_layer = layers.gather(1, to_layer[..., None].expand(-1, -1, 3))
+            colours = (layers - near_real).pow(2).sum(-1).mean() + (target - near_layer).pow(2).sum(-1).mean()
             total = (gan.float() + BINARY_MASK_WEIGHT * binary.float() + MASK_VARIATION_WEIGHT * variation
                      + LAYER_COLOURS_WEIGHT * colours)
         total.backward()
