@@ -252,26 +252,35 @@ def intervene(checkpoint: str, do_items: tuple[str, ...], n: int, seed: int, out
               help="Images per part (a shard file; the unit a killed run resumes from).")
 @click.option("--shard", default="0/1", show_default=True, metavar="I/K",
               help="Write only parts I, I+K, ... so K processes or machines can share one data set.")
+@click.option("--truncation", default=None, metavar="PSI | NODE=PSI,...",
+              help="Draw noise from PSI x N(0, 1) truncated to [-2, 2] (BigGAN's trick): PSI < 1 gives typical, "
+                   "cleaner, less diverse images; up to 2 widens. A number applies to every normal noise node; "
+                   "NODE=PSI to one.")
 @random_init_option
 def generate(checkpoint: str, n: int, per_shape: int, out: str, image_format: str, seed: int, batch_size: int,
-             precision: str, device: str, part_size: int, shard: str) -> None:
+             precision: str, device: str, part_size: int, shard: str, truncation: str | None) -> None:
     """Write a counterfactual data set: images plus every intervened label.
 
     \b
-    Example: scmgen generate runs/cgn_double_colored_mnist --n 100000 --out data/cf
+    Examples:
+      scmgen generate runs/cgn_double_colored_mnist --n 100000 --out data/cf
+      scmgen generate runs/cgn_double_colored_mnist --truncation u_shape=0.5 --out data/cf_typical
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from scmgen.noise import parse_truncation
     from scmgen.sampling import generate_dataset
 
     index, sep, count = shard.partition("/")
     if not sep or not index.isdigit() or not count.isdigit() or int(count) < 1:
         raise UsageError(f"--shard {shard}: expected I/K, e.g. --shard 0/4")
     model = load_model(checkpoint, device)
+    truncated = parse_truncation(truncation, model.spec)
     with Progress(TextColumn("generate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()) as bar:
         task = bar.add_task("generate", total=n)
         result = generate_dataset(model, n, out, per_shape, seed, batch_size, image_format, part_size, precision,
-                                  progress=lambda k: bar.advance(task, k), shard=(int(index), int(count)))
+                                  progress=lambda k: bar.advance(task, k), shard=(int(index), int(count)),
+                                  truncation=truncated)
     if not result.complete:
         click.echo(f"wrote shard {shard} of {out} in {result.seconds:.1f} s; the set appears when every shard is done")
         return

@@ -19,6 +19,7 @@ from scmgen.checkpoint import atomic_directory, load_module, read_json, save_mod
 from scmgen.errors import SpecError
 from scmgen.graph import build_graph, descendants, parents_of, topological_order
 from scmgen.interventions import DoValue, check_intervenable, value_tensor
+from scmgen.noise import truncated_noise
 from scmgen.plugins import Mechanism, NodeInfo, ShapeMismatch
 from scmgen.provenance import run_metadata
 from scmgen.spec import (
@@ -140,14 +141,18 @@ class SCM(nn.Module):
         return [n for n in self.order if not parents_of(self.spec, n)]
 
     # -- running ----------------------------------------------------------------------------
-    def sample_exogenous(self, n: int, generator: torch.Generator | None = None) -> Values:
-        """Draw every exogenous node on the CPU (same values on any device), then move them."""
+    def sample_exogenous(self, n: int, generator: torch.Generator | None = None,
+                         truncation: Mapping[str, float] | None = None) -> Values:
+        """Draw every exogenous node on the CPU (same values on any device), then move them.
+        `truncation` maps normal noise nodes to a truncation (`scmgen.noise`); the draws are the same."""
         out: Values = {}
         for name in self.exogenous:
             node = self.spec.nodes[name]
             if isinstance(node, NoiseNode):
                 if node.distribution == "normal":
                     v = torch.randn(n, node.dim, generator=generator)
+                    if truncation and name in truncation:
+                        v = truncated_noise(v, truncation[name])
                 else:
                     v = torch.rand(n, node.dim, generator=generator) * 2 - 1
             else:

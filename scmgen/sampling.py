@@ -112,17 +112,19 @@ def resampled_noise(model: SCM, keep: str) -> list[str]:
 
 @torch.inference_mode()
 def counterfactual_batch(model: SCM, groups: int, per_shape: int, generator: torch.Generator,
-                         precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+                         precision: str = "fp32", truncation: Mapping[str, float] | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """groups * per_shape images as uint8, and their intervenable labels (one column each).
     Each factual draw keeps its first label's mechanism (the mask, computed once per group) and
     gets new labels and new noise for every other mechanism. The factual pass computes only what
-    the counterfactual keeps, so nothing is computed twice or thrown away."""
+    the counterfactual keeps, so nothing is computed twice or thrown away. `truncation`: see
+    `scmgen.noise` (for factual and fresh noise alike)."""
     labels = intervenable_labels(model)
     keep, others = labels[0], labels[1:]
     m = groups * per_shape
-    exogenous = model.sample_exogenous(groups, generator)
+    exogenous = model.sample_exogenous(groups, generator, truncation)
     do = {c: torch.randint(model.spec.nodes[c].classes, (m,), generator=generator) for c in others}
-    fresh = model.sample_exogenous(m, generator)
+    fresh = model.sample_exogenous(m, generator, truncation)
     resample = {k: fresh[k] for k in resampled_noise(model, keep)}
     recomputed = descendants(model.graph, set(do) | set(resample))
     with autocast(model.device, precision):
@@ -158,7 +160,7 @@ def _part_done(folder: Path, part: int, image_format: str) -> bool:
 def generate_dataset(model: SCM, n: int, out: str | Path, per_shape: int = 10, seed: int = 0,
                      batch_size: int = 100, image_format: str = "png", part_size: int = 10000,
                      precision: str = "fp32", progress: Callable[[int], Any] | None = None,
-                     shard: tuple[int, int] = (0, 1)) -> GenerateResult:
+                     shard: tuple[int, int] = (0, 1), truncation: Mapping[str, float] | None = None) -> GenerateResult:
     """Write `n` counterfactual images (see `counterfactual_batch`) to `out`: PNG files +
     labels.csv, or uint8 safetensors shards of `part_size` images; plus meta.json.
 
@@ -167,7 +169,8 @@ def generate_dataset(model: SCM, n: int, out: str | Path, per_shape: int = 10, s
     byte-identical to an uninterrupted run. Only the final rename makes `out` appear.
 
     `shard=(i, k)`: this process writes parts i, i+k, i+2k, ... of the same set (k processes or
-    machines sharing a file system); whichever finishes the last part assembles the set."""
+    machines sharing a file system); whichever finishes the last part assembles the set.
+    `truncation` {noise node: value} (`scmgen.noise`) is recorded in meta.json."""
     if image_format not in ("png", "safetensors"):
         raise UsageError(f"--format {image_format}: expected png or safetensors")
     if n <= 0 or per_shape <= 0 or batch_size <= 0:
@@ -184,7 +187,8 @@ def generate_dataset(model: SCM, n: int, out: str | Path, per_shape: int = 10, s
     part_size = max(per_shape, part_size - part_size % per_shape)  # groups never straddle parts
     step = max(per_shape, batch_size - batch_size % per_shape)
     params = {"graph": dump_spec(model.spec), "weights": _weights_digest(model), "n": n, "per_shape": per_shape,
-              "seed": seed, "format": image_format, "part_size": part_size, "precision": precision}
+              "seed": seed, "format": image_format, "part_size": part_size, "precision": precision,
+              "truncation": dict(truncation or {})}
     partial = out.parent / f".{out.name}.partial"
     if partial.exists() and _read_params(partial) not in (params, None) and shards == 1:
         shutil.rmtree(partial)  # a partial set of other settings (with shards, others may be writing)
@@ -206,7 +210,7 @@ def generate_dataset(model: SCM, n: int, out: str | Path, per_shape: int = 10, s
         chunks = []
         for first in range(0, size, step):
             groups = -(-min(step, size - first) // per_shape)
-            images, table = counterfactual_batch(model, groups, per_shape, generator, precision)
+            images, table = counterfactual_batch(model, groups, per_shape, generator, precision, truncation)
             take = min(images.shape[0], size - first)
             chunks.append((images[:take], table[:take]))
             if progress:

@@ -50,6 +50,8 @@ def test_every_row_is_measured_and_written_with_provenance(bench: tuple[Path, di
     # counterfactual-only classifier has the shape head alone
     assert rows["cgn"]["0"]["heads"] == ["shape", "texture", "background"]
     assert rows["cgn_only"]["0"]["heads"] == ["shape"] and rows["cgn"]["0"]["target_head"] == "shape"
+    # --epochs 1: the invariant classifier trains its extra epoch(s), the other rows the table's one
+    assert len(rows["cgn"]["0"]["history"]) == 1 + METHODS["cgn"].extra_epochs > len(rows["cgn_only"]["0"]["history"])
     for field in ("commit", "command", "seeds", "device", "torch", "wall_seconds", "settings"):
         assert field in payload
     stages = payload["datasets"]["double_colored"]["stages"]["0"]
@@ -141,9 +143,10 @@ def test_the_lane_plan_runs_every_row_once_after_the_sets_it_reads() -> None:
     for p in parts:
         assert p.needs <= made
         assert all(MAKER[s] in p.stages for m in p.methods for s in METHODS[m].reads())
-    # a mixed row (real + generated images per batch) costs two single-stream rows
+    # a mixed row (real + generated images per batch) costs two single-stream rows, times its own epochs
     rows_part = next(p for p in parts if p.makes is None and "cgn" in p.methods)
-    assert rows_part.cost == Table1.UNITS["classifier"] * (2 + len(rows_part.methods) - 1)
+    cgn_cost = 2 * (Settings.epochs + METHODS["cgn"].extra_epochs) / Settings.epochs
+    assert rows_part.cost == pytest.approx(Table1.UNITS["classifier"] * (cgn_cost + len(rows_part.methods) - 1))
 
 
 def test_a_changed_setting_recomputes_only_what_depends_on_it(bench: tuple[Path, dict]) -> None:

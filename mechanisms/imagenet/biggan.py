@@ -22,6 +22,7 @@ from torch.nn.utils.spectral_norm import SpectralNorm
 from torch.utils.checkpoint import checkpoint
 
 from scmgen import weights
+from scmgen.noise import truncated_noise
 from scmgen.plugins import Mechanism, NodeInfo, check_shape
 
 CONFIG_FILE = "config.json"
@@ -186,17 +187,6 @@ def random_biggan(cfg: BigGANConfig) -> BigGAN:
             net.generator.bn.bias.zero_()
         settle_spectral_norm(net)
     return net
-
-
-def truncated_noise(noise: torch.Tensor, truncation: float) -> torch.Tensor:
-    """Map N(0, 1) noise to `truncation` times a normal truncated to [-2, 2] (what BigGAN was
-    sampled with: scipy truncnorm(-2, 2) in the reference) by the inverse-CDF transform. Unlike
-    rejection sampling it is a deterministic function of the graph's noise node, so
-    counterfactuals that keep the noise keep the latent."""
-    x = noise.double()
-    low = torch.special.ndtr(torch.tensor(-2.0, dtype=torch.float64))
-    p = low + (1 - 2 * low) * torch.special.ndtr(x)
-    return (truncation * torch.special.ndtri(p)).to(noise.dtype)
 
 
 class BigGANMechanism(Mechanism):
