@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from scmgen import SCM, UsageError
+from scmgen import SCM, UsageError, weights
 from scmgen.noise import parse_truncation, truncated_noise
 from scmgen.sampling import generate_dataset
 from tests.conftest import TINY
@@ -52,7 +52,10 @@ def test_truncation_keeps_the_draws_and_changes_only_what_the_node_feeds(tmp_pat
     assert not torch.equal(sets["cut"]["images"], sets["plain"]["images"])
 
 
-def test_generate_cli_truncation(tmp_path: Path) -> None:
+def test_generate_cli_truncation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # an earlier module's random-weights record would add its note line to the one-line error
+    monkeypatch.setitem(weights._state, "used_random", set())
+    monkeypatch.setitem(weights._state, "random_init", False)
     run("generate", TINY, "--n", 10, "--out", tmp_path / "g", "--format", "safetensors",
         "--truncation", "u_shape=0.5")
     assert json.loads((tmp_path / "g" / "meta.json").read_text())["truncation"] == {"u_shape": 0.5}
