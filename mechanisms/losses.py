@@ -75,6 +75,30 @@ class MaskVariation(Loss):
         return variation(mask.float())
 
 
+class MaskDiversity(Loss):
+    """Mode seeking (Mao et al. 2019) for the shape mechanism: over pairs of samples of the same
+    shape class in the batch, the inverse of how far apart their masks are per unit of distance
+    between their noise vectors. A mechanism that draws one typical digit per class whatever the
+    noise scores high; one whose masks follow the noise scores low."""
+
+    roles = ("mask", "noise", "label")
+
+    def __init__(self, inputs: dict[str, NodeInfo], eps: float = 1e-5) -> None:
+        super().__init__(inputs)
+        if inputs["noise"].kind != "noise" or inputs["label"].kind != "label":
+            raise ValueError("input 'noise' must be a noise node and 'label' a label node")
+        self.eps = eps
+
+    def forward(self, mask: torch.Tensor, noise: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        order = torch.argsort(label, stable=True)  # neighbours of one class are pairs
+        m, u, y = mask[order].float().flatten(1), noise[order].float(), label[order]
+        same = y[1:] == y[:-1]
+        if not bool(same.any()):
+            return mask.float().sum() * 0.0
+        apart = (m[1:] - m[:-1]).abs().mean(1)[same] / (u[1:] - u[:-1]).abs().mean(1)[same]
+        return (1.0 / (apart + self.eps)).mean()
+
+
 class LayerColours(Loss):
     """Chamfer distance, in colour space, between the pixels of the two texture layers and those of a
     real image of the same class: every layer pixel near some colour of the real image and every

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mechanisms.losses import BinaryMask, MaskInterval, MaskVariation
+from mechanisms.losses import BinaryMask, MaskDiversity, MaskInterval, MaskVariation
 from scmgen.plugins import NodeInfo
 
 INPUTS = {"mask": NodeInfo("mask", "mechanism")}
@@ -87,3 +87,33 @@ def test_layer_colours_has_the_value_and_gradient_of_the_full_chamfer_distance()
     for mine, reference in zip((foreground.grad, background.grad), grads):
         assert torch.allclose(mine, reference, atol=1e-7)
         assert reference.abs().sum() > 0
+
+
+DIVERSITY = {"mask": NodeInfo("mask", "mechanism"), "noise": NodeInfo("u", "noise", dim=4),
+             "label": NodeInfo("shape", "label", classes=3)}
+
+
+def test_diversity_is_high_for_masks_that_ignore_the_noise_and_reaches_the_mask() -> None:
+    loss = MaskDiversity(DIVERSITY)
+    torch.manual_seed(0)
+    noise, label = torch.randn(12, 4), torch.tensor([0, 1, 2] * 4)
+    follows = torch.sigmoid(noise[:, :1, None, None] * torch.linspace(-1, 1, 8).view(1, 1, 1, 8)).expand(12, 1, 8, 8)
+    ignores = torch.sigmoid(label.float().view(12, 1, 1, 1) * torch.ones(1, 1, 8, 8)) + 1e-3 * follows
+    assert loss(ignores, noise, label).item() > 100 * loss(follows, noise, label).item()
+    # by hand: class 0 holds samples 0, 3, 6, 9, paired as neighbours (0, 3), (3, 6), (6, 9)
+    pairs = [(i, i + 3) for c in range(3) for i in range(c, 9, 3)]
+    apart = [(follows[i] - follows[j]).abs().mean() / (noise[i] - noise[j]).abs().mean() for i, j in pairs]
+    assert loss(follows, noise, label).item() == pytest.approx(torch.stack([1 / (a + 1e-5) for a in apart]).mean().item(),
+                                                               rel=1e-5)
+    mask = follows.clone().requires_grad_(True)
+    loss(mask, noise, label).backward()
+    assert mask.grad is not None and mask.grad.abs().sum() > 0
+
+
+def test_diversity_without_pairs_is_zero_and_checks_its_inputs() -> None:
+    loss = MaskDiversity(DIVERSITY)
+    mask = torch.rand(3, 1, 4, 4, requires_grad=True)
+    out = loss(mask, torch.randn(3, 4), torch.tensor([0, 1, 2]))
+    assert out.item() == 0.0 and out.requires_grad
+    with pytest.raises(ValueError, match="'noise' must be a noise node"):
+        MaskDiversity({**DIVERSITY, "noise": NodeInfo("y", "label", classes=3)})
