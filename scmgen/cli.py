@@ -255,7 +255,8 @@ def intervene(checkpoint: str, do_items: tuple[str, ...], n: int, seed: int, out
 @click.option("--truncation", default=None, metavar="PSI | NODE=PSI,...",
               help="Draw noise from PSI x N(0, 1) truncated to [-2, 2] (BigGAN's trick): PSI < 1 gives typical, "
                    "cleaner, less diverse images; up to 2 widens. A number applies to every normal noise node; "
-                   "NODE=PSI to one.")
+                   "NODE=PSI to one. It adds to what a mechanism does itself (the BigGAN mechanism has its "
+                   "own `truncation` param: set that one for ImageNet graphs).")
 @random_init_option
 def generate(checkpoint: str, n: int, per_shape: int, out: str, image_format: str, seed: int, batch_size: int,
              precision: str, device: str, part_size: int, shard: str, truncation: str | None) -> None:

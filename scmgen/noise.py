@@ -1,6 +1,8 @@
 """Truncated noise: the sampling trick that trades a generator's diversity for typical, cleaner
 outputs (BigGAN's truncation; the CGN reference generates its counterfactual ImageNet at 0.5).
-Values above 1 go the other way: wider noise, less typical outputs (up to 2).
+Values above 1 go the other way: wider noise, less typical outputs (up to 2). This truncates the
+graph's noise nodes; a mechanism that truncates its own input (BigGAN's `truncation` param) would
+truncate again, so graphs of such mechanisms set theirs instead.
 
 A truncated draw is a deterministic function of a standard-normal one (inverse-CDF transform), so
 truncating consumes exactly the random numbers an untruncated draw does: the same seed gives the
