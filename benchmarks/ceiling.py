@@ -4,12 +4,14 @@ drawn at random, so it never saw a generated image nor the training set's correl
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
 from scmgen.classifier import InvariantClassifier
 from scmgen.classify import train_classifier
 from scmgen.data import ImageSet, load_dataset
+from scmgen.model import SCM
 from scmgen.table1 import DATASETS, Settings, graph_spec
 
 
@@ -18,6 +20,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", choices=list(DATASETS), default="double_colored")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="use only the first N real images (smoke runs)")
+
+
+def load_cgn(parser: argparse.ArgumentParser, model: str | Path, dataset: str) -> SCM:
+    """A trained CGN's model folder, or a usage error if it was trained on another data set."""
+    cgn = SCM.from_pretrained(model, "cpu").eval()
+    trained_on, plugin = cgn.spec.data and cgn.spec.data.plugin, graph_spec(dataset)[1].data.plugin
+    if trained_on != plugin:
+        parser.error(f"{model}: a CGN of {trained_on}, not of --dataset {dataset} ({plugin})")
+    return cgn
 
 
 def real_sets(dataset: str, limit: int | None = None) -> tuple[ImageSet, ImageSet]:

@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.ceiling import real_sets, train_ceiling  # noqa: E402
+from benchmarks.ceiling import load_cgn, real_sets, train_ceiling  # noqa: E402
 from benchmarks.report import cpu_model, publish  # noqa: E402
 from scmgen.data import ImageSet, to_float, to_uint8  # noqa: E402
 from scmgen.model import SCM  # noqa: E402
@@ -86,10 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.n < 10:
         parser.error(f"--n {args.n}: expected at least 10 images")
-    cgn = SCM.from_pretrained(args.model, "cpu").eval()
-    trained_on, plugin = cgn.spec.data and cgn.spec.data.plugin, graph_spec(args.dataset)[1].data.plugin
-    if trained_on != plugin:
-        parser.error(f"{args.model}: a CGN of {trained_on}, not of --dataset {args.dataset} ({plugin})")
+    cgn = load_cgn(parser, args.model, args.dataset)
     test = real_sets(args.dataset, args.limit)[1]
 
     masks, digit_labels, paint_object, paint_background = truth(args.dataset)

@@ -3,7 +3,7 @@ cleaner masks (BigGAN's truncation trick; the CGN reference generates its ImageN
 give Table 1's classifiers better training data?
 
     python benchmarks/truncation.py results/table1/cache/wildlife/seed0/cgn-3fac0df168/model \\
-        --dataset wildlife --truncations none,u_shape=0.75,u_shape=0.5,0.5
+        --dataset wildlife --truncations 'none;u_shape=0.75;u_shape=0.5;0.5'
 
 Per truncation (as `scmgen generate --truncation` takes it; none: untruncated, the bench's own set)
 the script generates the bench's counterfactual set (--n images, 10 per mask, bf16, the CGN's seed),
@@ -26,12 +26,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.ceiling import real_sets, train_ceiling  # noqa: E402
+from benchmarks.ceiling import load_cgn, real_sets, train_ceiling  # noqa: E402
 from benchmarks.real_half_shortcut import train_variant  # noqa: E402
 from benchmarks.report import cpu_model, publish  # noqa: E402
 from scmgen.classify import counterfactual_set  # noqa: E402
 from scmgen.data import load_dataset  # noqa: E402
-from scmgen.model import SCM  # noqa: E402
 from scmgen.noise import parse_truncation  # noqa: E402
 from scmgen.provenance import run_metadata  # noqa: E402
 from scmgen.sampling import generate_dataset  # noqa: E402
@@ -44,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="a trained CGN's model folder (e.g. a bench cache's cgn-*/model)")
     parser.add_argument("--dataset", choices=list(DATASETS), default="wildlife")
-    parser.add_argument("--truncations", default="none,u_shape=0.5",
+    parser.add_argument("--truncations", default="none;u_shape=0.5",
                         help="semicolon-separated truncations, each 'none' or as scmgen generate --truncation")
     parser.add_argument("--n", type=int, default=Settings.counterfactuals, help="counterfactuals per set")
     parser.add_argument("--seed", type=int, default=0, help="generation and classifier seed")
@@ -53,10 +52,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    cgn = SCM.from_pretrained(args.model, "cpu").eval()
-    if cgn.spec.data is None or cgn.spec.data.plugin != graph_spec(args.dataset)[1].data.plugin:
-        parser.error(f"{args.model} is not a CGN of {args.dataset} (its data: "
-                     f"{cgn.spec.data.plugin if cgn.spec.data else 'none'})")
+    cgn = load_cgn(parser, args.model, args.dataset)
     truncations = {t: ({} if t == "none" else parse_truncation(t, cgn.spec)) for t in args.truncations.split(";")}
     path, spec = graph_spec(args.dataset)
     real, _ = real_sets(args.dataset, args.limit)  # the validation set, and the ceiling's training set
