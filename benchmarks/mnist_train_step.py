@@ -5,9 +5,11 @@ size, as ratios to the first combination measured in the same run (machines are 
     python benchmarks/mnist_train_step.py --graph cgn_wildlife_mnist --batch-sizes 64 --precisions bf16 \
         --layouts contiguous,channels_last
     python benchmarks/mnist_train_step.py --batch-sizes 64 --precisions bf16 --without layer_colours
+    python benchmarks/mnist_train_step.py --batch-sizes 64 --precisions bf16 --compile
 
 `--without NAME` also measures each combination with that loss term left out of the step (what
-the term costs).
+the term costs); `--compile` also measures it with every mechanism compiled (torch.compile; its
+compile time falls in the warm-up steps).
 
 Prints a Markdown table and appends it, with commit, date and machine, to benchmarks/RESULTS.md.
 """
@@ -34,11 +36,13 @@ LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_
 
 
 def images_per_second(graph: Path, batch: int, precision: str, steps: int, warmup: int, out: Path,
-                      layout: str = "channels_last", without: str | None = None) -> float:
+                      layout: str = "channels_last", without: str | None = None, compiled: bool = False) -> float:
     model = SCM.from_yaml(graph, [f"train.batch_size={batch}", f"train.precision={precision}"])
     for mechanism in model.mechanisms.values():
         if isinstance(mechanism, ConditionalGenerator):
             mechanism.memory_format = LAYOUTS[layout]
+        if compiled:
+            mechanism.compile()
     trainer = Trainer(model, load_dataset(model.spec, str(graph)), out, progress=False, tensorboard=False)
     if without is not None:
         if without not in [t.name for t in trainer.terms]:
@@ -62,6 +66,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--without", default=None, help="a loss term to also measure the step without")
+    parser.add_argument("--compile", action="store_true", help="also measure with the mechanisms compiled")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     args = parser.parse_args()
     graph = resolve_graph(args.graph)
@@ -71,19 +76,22 @@ def main() -> None:
         for precision in args.precisions.split(","):
             for layout in args.layouts.split(","):
                 for without in ([None, args.without] if args.without else [None]):
-                    rate = images_per_second(graph, batch, precision, args.steps, args.warmup,
-                                             Path("/tmp/scmgen-bench"), layout, without)
-                    base = base or rate
-                    losses = f"without {without}" if without else "all"
-                    rows.append(f"| {batch} | {precision} | {layout} | {losses} | {rate:.0f} | {rate / base:.2f}x |")
-                    print(rows[-1], flush=True)
+                    for compiled in ([False, True] if args.compile else [False]):
+                        rate = images_per_second(graph, batch, precision, args.steps, args.warmup,
+                                                 Path("/tmp/scmgen-bench"), layout, without, compiled)
+                        base = base or rate
+                        losses = f"without {without}" if without else "all"
+                        rows.append(f"| {batch} | {precision} | {layout} | {losses} | {'compiled' if compiled else 'eager'} "
+                                    f"| {rate:.0f} | {rate / base:.2f}x |")
+                        print(rows[-1], flush=True)
     meta = run_metadata("cpu", wall_seconds=round(time.perf_counter() - start, 1))
     section = "\n".join([
         f"\n## MNIST CGN training throughput ({graph.stem}), {meta['time'][:10]}\n",
         f"- commit {meta['commit']}, torch {meta['torch']}, {meta['machine']}, device cpu",
         f"- command: `python {meta['command']}`; {args.warmup} warm-up + {args.steps} timed steps each; "
         f"wall {meta['wall_seconds']} s; baseline = the first row\n",
-        "| batch | precision | generator layout | losses | images/s | vs baseline |", "|---:|---|---|---|---:|---:|",
+        "| batch | precision | generator layout | losses | mechanisms | images/s | vs baseline |",
+        "|---:|---|---|---|---|---:|---:|",
         *rows, ""])
     with open(args.out, "a") as f:
         f.write(section)

@@ -114,3 +114,39 @@ def test_class_statistics_of_a_constant_mask_and_the_global_rng_left_alone() -> 
     assert torch.allclose(stats["coverage"], torch.tensor([0.2, 0.8, 0.2, 0.2]), atol=1e-3)
     assert torch.allclose(stats["variation"], torch.zeros(4), atol=1e-6)  # nothing changes between neighbours
     assert mask.diagnostics()["coverage/class_1"] == pytest.approx(0.8, abs=1e-3) and len(mask.diagnostics()) == 8
+
+
+def test_group_spread_is_the_per_group_standard_deviation_averaged_over_channels() -> None:
+    from mechanisms.mnist.critics import group_spread
+
+    torch.manual_seed(0)
+    h = torch.randn(6, 4, 2, 2)
+    groups = torch.tensor([0, 0, 1, 1, 1, 2])
+    spread = group_spread(h, groups, 3)
+    assert spread.shape == (6, 1, 2, 2)
+    for rows in ([0, 1], [2, 3, 4]):
+        expected = h[rows].std(0, unbiased=False).mean(0, keepdim=True)
+        for r in rows:
+            assert torch.allclose(spread[r], expected, atol=1e-4)
+    assert spread[5].abs().max() < 1e-3  # alone in its group
+
+
+def test_class_minibatch_std_lets_a_critic_see_only_its_own_class_in_the_batch() -> None:
+    from mechanisms.mnist.critics import ConvCritic
+
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    images = torch.randn(6, 3, 16, 16)
+    other = images.clone()
+    other[4] += 1.0  # a class-1 image changes
+    for mode, class_0_moves in (("class", False), ("batch", True), (None, False)):
+        critic = ConvCritic(2, size=16, width=8, minibatch_std=mode).eval()
+        before, after = critic(images, labels), critic(other, labels)
+        assert torch.equal(before[:3], after[:3]) != class_0_moves, mode
+        assert not torch.equal(before[4], after[4])
+        if mode is not None:  # and the class's own images move together: the spread feeds the output
+            assert not torch.equal(before[3], after[3])
+    with pytest.raises(ValueError, match="minibatch_std must be 'batch', 'class' or null"):
+        ConvCritic(2, minibatch_std="group")
+    with pytest.raises(ValueError, match="needs a class-conditional critic"):
+        ConvCritic(None, minibatch_std="class")

@@ -191,6 +191,7 @@ def test_cgn_overrides_retrain_the_cgn_and_are_reported(bench: tuple[Path, dict]
     (["--seeds", "a,b"], "--seeds a,b: expected comma-separated integers"),
     (["--cgn-set", "train.steps"], "--cgn-set: train.steps: expected KEY=VALUE"),
     (["--cgn-set", "train.batch_size=many"], "train.batch_size"),
+    (["--cgn-set", "train.steps=6000"], "--cgn-set: 'train.steps=6000': the bench sets this field; use --cgn-steps"),
 ])
 def test_bad_choices_are_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:
     result = CliRunner().invoke(cli, ["bench", "table1", *args, "--out", str(tmp_path / "t")])
