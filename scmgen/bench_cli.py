@@ -24,10 +24,6 @@ def bench_group() -> None:
     """Reproduce published results with the shipped graphs."""
 
 
-# graph fields each bench stage sets itself, and the options that set them
-BENCH_OWNED = {"train.steps": "--cgn-steps", "train.seed": "--seeds", "train.device": "--device"}
-
-
 @bench_group.command("table1")
 @click.option("--datasets", default="colored,double_colored,wildlife", show_default=True,
               help="Comma-separated: colored, double_colored, wildlife.")
@@ -71,12 +67,6 @@ def table1_command(datasets: str, methods: str, seeds: str, out: str, cgn_steps:
     """
     from scmgen.table1 import Settings, Table1
     from scmgen.table1_lanes import default_workers, run_lanes
-
-    for override in cgn_overrides:  # the bench sets these per stage, after the overrides: say so, not ignore them
-        key, eq, _ = override.partition("=")
-        option = BENCH_OWNED.get(key.strip())
-        if eq and option:
-            raise click.BadParameter(f"{override!r}: the bench sets this field; use {option}", param_hint="--cgn-set")
 
     settings = Settings(datasets=_names(datasets), methods=_names(methods), seeds=_ints(seeds), cgn_steps=cgn_steps,
                         cgn_overrides=list(cgn_overrides),

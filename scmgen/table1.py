@@ -144,6 +144,10 @@ DATASETS = {d.key: d for d in (
 )}
 
 
+# graph fields each bench stage sets itself, and the options that set them
+BENCH_OWNED = {"train.steps": "--cgn-steps", "train.seed": "--seeds", "train.device": "--device"}
+
+
 @dataclass
 class Settings:
     """What a run of the table depends on; stages are cached per the part of it they use."""
@@ -175,6 +179,10 @@ class Settings:
                 raise UsageError(f"{what} {','.join(chosen)}: expected a comma-separated list of {', '.join(known)}")
         if not self.seeds:
             raise UsageError("--seeds: expected at least one seed, e.g. 0,1,2")
+        for override in self.cgn_overrides:  # each stage sets these after the overrides: refuse, not ignore
+            key, eq, _ = override.partition("=")
+            if eq and key.strip() in BENCH_OWNED:
+                raise UsageError(f"--cgn-set {override}: the bench sets this field; use {BENCH_OWNED[key.strip()]}")
         for dataset in self.datasets:  # a bad --cgn-set fails here, before anything is written
             path = GRAPHS / f"{DATASETS[dataset].graph}.yaml"
             parse_spec(apply_overrides(read_yaml(path), self.cgn_overrides, "--cgn-set"), str(path))

@@ -191,7 +191,7 @@ def test_cgn_overrides_retrain_the_cgn_and_are_reported(bench: tuple[Path, dict]
     (["--seeds", "a,b"], "--seeds a,b: expected comma-separated integers"),
     (["--cgn-set", "train.steps"], "--cgn-set: train.steps: expected KEY=VALUE"),
     (["--cgn-set", "train.batch_size=many"], "train.batch_size"),
-    (["--cgn-set", "train.steps=6000"], "--cgn-set: 'train.steps=6000': the bench sets this field; use --cgn-steps"),
+    (["--cgn-set", "train.steps=6000"], "--cgn-set train.steps=6000: the bench sets this field; use --cgn-steps"),
 ])
 def test_bad_choices_are_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:
     result = CliRunner().invoke(cli, ["bench", "table1", *args, "--out", str(tmp_path / "t")])
@@ -241,3 +241,13 @@ def test_a_graph_comment_keeps_the_trained_cgn_and_a_changed_value_retrains_it(
     assert cgn_stage()["cached"]
     graph.write_text(graph.read_text().replace("weight: 0.3", "weight: 0.2"))
     assert not cgn_stage().get("cached")
+
+
+def test_settings_refuse_an_override_of_a_field_the_bench_sets() -> None:
+    """Python users get the CLI's refusal too: the bench would otherwise overwrite the value silently."""
+    from scmgen.errors import UsageError
+
+    for override, option in (("train.steps=5000", "--cgn-steps"), ("train.seed = 3", "--seeds")):
+        with pytest.raises(UsageError, match=f"the bench sets this field; use {option}"):
+            Settings(datasets=["colored"], cgn_overrides=[override]).check()
+    Settings(datasets=["colored"], cgn_overrides=["train.ema=0.99"]).check()  # any other field is fine
