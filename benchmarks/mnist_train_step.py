@@ -16,6 +16,7 @@ Prints a Markdown table and appends it, with commit, date and machine, to benchm
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -72,18 +73,16 @@ def main() -> None:
     graph = resolve_graph(args.graph)
     rows, base = [], None
     start = time.perf_counter()
-    for batch in [int(b) for b in args.batch_sizes.split(",")]:
-        for precision in args.precisions.split(","):
-            for layout in args.layouts.split(","):
-                for without in ([None, args.without] if args.without else [None]):
-                    for compiled in ([False, True] if args.compile else [False]):
-                        rate = images_per_second(graph, batch, precision, args.steps, args.warmup,
-                                                 Path("/tmp/scmgen-bench"), layout, without, compiled)
-                        base = base or rate
-                        losses = f"without {without}" if without else "all"
-                        rows.append(f"| {batch} | {precision} | {layout} | {losses} | {'compiled' if compiled else 'eager'} "
-                                    f"| {rate:.0f} | {rate / base:.2f}x |")
-                        print(rows[-1], flush=True)
+    for batch, precision, layout, without, compiled in itertools.product(
+            [int(b) for b in args.batch_sizes.split(",")], args.precisions.split(","), args.layouts.split(","),
+            [None, args.without] if args.without else [None], [False, True] if args.compile else [False]):
+        rate = images_per_second(graph, batch, precision, args.steps, args.warmup, Path("/tmp/scmgen-bench"),
+                                 layout, without, compiled)
+        base = base or rate
+        losses = f"without {without}" if without else "all"
+        rows.append(f"| {batch} | {precision} | {layout} | {losses} | {'compiled' if compiled else 'eager'} "
+                    f"| {rate:.0f} | {rate / base:.2f}x |")
+        print(rows[-1], flush=True)
     meta = run_metadata("cpu", wall_seconds=round(time.perf_counter() - start, 1))
     section = "\n".join([
         f"\n## MNIST CGN training throughput ({graph.stem}), {meta['time'][:10]}\n",

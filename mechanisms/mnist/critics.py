@@ -65,8 +65,11 @@ class ConvCritic(nn.Module):
     def forward(self, image: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         h = self.features(image)
         if self.minibatch_std is not None:
-            groups = label if self.minibatch_std == "class" else torch.zeros_like(h[:, 0, 0, 0], dtype=torch.long)
-            h = torch.cat([h, group_spread(h, groups, self.classes or 1).to(h.dtype)], dim=1)
+            if self.minibatch_std == "class":
+                spread = group_spread(h, label, self.classes)
+            else:  # the whole batch is one group
+                spread = group_spread(h, torch.zeros_like(h[:, 0, 0, 0], dtype=torch.long), 1)
+            h = torch.cat([h, spread.to(h.dtype)], dim=1)
         h = h.flatten(1)
         out = self.out(h)
         if self.embed is not None:
