@@ -47,9 +47,10 @@ from report import cpu_model, publish
 
 from scmgen.data import ImageSet, load_dataset, to_uint8
 from scmgen.model import SCM
+from scmgen.precision import autocast
 from scmgen.provenance import run_metadata
 from scmgen.sampling import counterfactual_batch
-from scmgen.trainer import Trainer, autocast
+from scmgen.trainer import Trainer
 
 GRAPH = ROOT / "graphs" / "cgn_double_colored_mnist.yaml"
 BINARY_MASK_WEIGHT = 0.3  # the graph's losses.binary_mask.weight (checked against the spec)

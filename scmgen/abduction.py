@@ -31,10 +31,10 @@ from scmgen.errors import SpecError, UsageError
 from scmgen.images import grid_image
 from scmgen.interventions import DoValue
 from scmgen.model import SCM, Values
+from scmgen.precision import autocast
 from scmgen.progress import progress_bar
 from scmgen.provenance import run_metadata
 from scmgen.spec import LabelNode, MechanismNode, NoiseNode
-from scmgen.trainer import autocast
 
 ENCODER_DIR = "encoder"
 ENCODER_VERSION = 1  # bump when the architecture changes: older encoders are retrained

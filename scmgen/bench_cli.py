@@ -6,6 +6,7 @@ import sys
 import click
 
 from scmgen.errors import UsageError
+from scmgen.precision import PRECISIONS
 
 
 def _ints(text: str) -> list[int]:
@@ -46,7 +47,9 @@ def bench_group() -> None:
               help="The classifiers' Adadelta learning rate, decayed x0.7 per epoch (reference: 1.0 over 10 "
                    "epochs; 3.0 makes up for the shorter schedule, see results/ablations/classifier_lr). IRM rows keep 1.0.")
 @click.option("--batch-size", type=click.IntRange(2), default=64, show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="bf16", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
+              help="auto: bf16 where the device computes it natively (AMX / AVX512-BF16 CPUs, recent GPUs), else "
+                   "fp32 (bf16 is emulated, many times slower, elsewhere).")
 @click.option("--limit", type=click.IntRange(100), default=None,
               help="Use only the first N training and test images (smoke runs).")
 @click.option("--device", default="cpu", show_default=True)

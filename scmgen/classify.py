@@ -49,11 +49,11 @@ from scmgen.evalsets import FileImages, image_folder, imagenet9, in9_decision, i
 from scmgen.evalsets import cue_conflict as load_cue_conflict
 from scmgen.objectives import EnvBatch, Objective
 from scmgen.paths import inside
+from scmgen.precision import autocast
 from scmgen.progress import progress_bar
 from scmgen.provenance import run_metadata
 
 IN9_VARIANTS = ("mixed_same", "mixed_rand")
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -191,12 +191,6 @@ def _check_columns(source: Source, heads: dict[str, int], where: str) -> None:
                          f"{', '.join(missing)}")
 
 
-def _autocast(device: torch.device, precision: str) -> Any:
-    if precision not in PRECISIONS:
-        raise UsageError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
 def network_input(images: torch.Tensor) -> torch.Tensor:
     """uint8 images -> [-1, 1] floats in channels-last layout, which the convolutions of every
     backbone run faster in (measured on this 2-core CPU with the MNIST CNN: 1.3x in bf16, up to
@@ -310,7 +304,7 @@ def train_classifier(model: InvariantClassifier, real: DataArg | None = None, co
                 parts = [next(stream) for stream in streams]
                 images = network_input(torch.cat([p[0] for p in parts]).to(info.device, non_blocking=True))
                 labels = [{k: v.to(info.device) for k, v in p[1].items()} for p in parts]
-                with _autocast(info.device, precision):
+                with autocast(info.device, precision):
                     outputs = ddp(images)
                 outputs = {k: v.float() for k, v in outputs.items()}
                 if objective is not None:
@@ -399,7 +393,7 @@ def _tally(model: nn.Module, source: Source, info: DistInfo, batch_size: int, pr
     model = unwrap(model).to(info.device, memory_format=torch.channels_last).eval()
     sums: dict[str, float] = {}
     for images, labels in _batches(source, sampler.indices().split(batch_size), workers, info.device):
-        with _autocast(info.device, precision):
+        with autocast(info.device, precision):
             outputs = model(network_input(images.to(info.device)))
         outputs = {k: v.float() for k, v in outputs.items()}
         outputs[AVERAGE] = average_logits(outputs)

@@ -8,6 +8,8 @@ from typing import Any
 import click
 
 from scmgen.classifier import BACKBONES
+from scmgen.precision import PRECISIONS
+from scmgen.precision import resolve as resolve_precision
 
 folder = click.Path(path_type=Path)  # bad folders get one line from the loaders, not a usage screen
 
@@ -46,7 +48,8 @@ folder = click.Path(path_type=Path)  # bad folders get one line from the loaders
               help="The release's in_to_in9.json (default: <in9>/in_to_in9.json if present, else built-in lists).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/classify"), show_default=True)
 @click.option("--device", default=None, help="cpu, cuda, ... (default: cuda if available; torchrun: cuda:LOCAL_RANK).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="auto: bf16 where the device computes it natively (AMX / AVX512-BF16 CPUs, recent GPUs), else fp32.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--workers", type=click.IntRange(0), default=4, show_default=True,
               help="Processes decoding image files, per data stream and process.")
@@ -99,6 +102,7 @@ def classify_command(real: Path | None, counterfactuals: Path | None, backbone: 
                          in9_mapping_file=in9_mapping, recipe=recipe,
                          image_size=image_size)  # bad folders fail now, not after training
     info = init_from_env(device)
+    precision = resolve_precision(precision, info.device)
     try:
         torch.manual_seed(seed)
         real_src = as_source(real, image_size, rec.train_mode, rec.image_size) if real else None

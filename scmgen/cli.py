@@ -13,6 +13,7 @@ from scmgen.classify_cli import classify_command
 from scmgen.counterfactual_cli import counterfactual_command
 from scmgen.errors import ScmgenError, SpecError, UsageError
 from scmgen.evaluate_cli import evaluate_command
+from scmgen.precision import PRECISIONS
 from scmgen.weights_cli import weights_group
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -246,7 +247,8 @@ def intervene(checkpoint: str, do_items: tuple[str, ...], n: int, seed: int, out
 @seed_option
 @click.option("--batch-size", default=100, show_default=True, type=click.IntRange(1),
               help="Images per generator pass (about 100 keeps the activations in the CPU caches).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="auto: bf16 where the device computes it natively (AMX / AVX512-BF16 CPUs, recent GPUs), else fp32.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--part-size", default=10000, show_default=True, type=click.IntRange(1),
               help="Images per part (a shard file; the unit a killed run resumes from).")

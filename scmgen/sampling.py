@@ -22,9 +22,10 @@ from scmgen.graph import descendants
 from scmgen.images import grid_image
 from scmgen.interventions import DoValue
 from scmgen.model import SCM
+from scmgen.precision import autocast
+from scmgen.precision import resolve as resolve_precision
 from scmgen.provenance import run_metadata
 from scmgen.spec import LabelNode, dump_spec
-from scmgen.trainer import autocast
 from scmgen.weights import used_random_init
 
 
@@ -184,6 +185,7 @@ def generate_dataset(model: SCM, n: int, out: str | Path, per_shape: int = 10, s
     check_writable_parent(out)
     if out.exists():
         raise UsageError(f"{out} already exists: remove it or choose another --out")
+    precision = resolve_precision(precision, model.device)  # meta.json records what ran, not "auto"
     part_size = max(per_shape, part_size - part_size % per_shape)  # groups never straddle parts
     step = max(per_shape, batch_size - batch_size % per_shape)
     params = {"graph": dump_spec(model.spec), "weights": _weights_digest(model), "n": n, "per_shape": per_shape,

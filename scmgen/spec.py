@@ -131,7 +131,7 @@ class TrainSpec(_Strict):
     optimizers: dict[NodeName, OptimizerSpec] = Field(default_factory=dict)
     condition: dict[NodeName, Literal["label"]] = Field(default_factory=dict)
     device: str = "cpu"
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"  # auto: bf16 where the device has it natively (scmgen.precision)
     seed: int = Field(default=0, ge=0)
     checkpoint_every: int = Field(default=0, ge=0)
     keep_checkpoints: int = Field(default=2, gt=0)

@@ -8,7 +8,6 @@ checkpoints, so a resumed run repeats an uninterrupted one bit for bit on CPU.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import signal
 import threading
@@ -31,6 +30,8 @@ from scmgen.errors import ScmgenError, SpecError
 from scmgen.graph import DATA_INPUTS
 from scmgen.model import SCM, build_plugin
 from scmgen.plugins import AdversarialLoss, Mechanism, NodeInfo
+from scmgen.precision import autocast
+from scmgen.precision import resolve as resolve_precision
 from scmgen.progress import progress_bar
 from scmgen.spec import OptimizerSpec, dump_spec
 
@@ -42,12 +43,6 @@ def make_optimizer(params: list[nn.Parameter], spec: OptimizerSpec) -> torch.opt
     if spec.name == "sgd":
         return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     return torch.optim.Adadelta(params, lr=spec.lr, weight_decay=spec.weight_decay)
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 class EpochBatches:
@@ -133,6 +128,7 @@ class Trainer:
         self.tcfg = self.spec.train
         self.info = info or DistInfo(device=torch.device(device or self.tcfg.device))
         self.device = self.info.device
+        self.precision = resolve_precision(self.tcfg.precision, self.device)  # "auto" becomes what runs
         self.progress, self.tensorboard = progress and self.info.is_main, tensorboard and self.info.is_main
         if any(t == "data.image" or t == "data.label" for ls in self.spec.losses.values() for t in ls.inputs.values()) \
                 or self.tcfg.condition or any(ls.critic for ls in self.spec.losses.values()):
@@ -212,7 +208,7 @@ class Trainer:
             exo = self.model.sample_exogenous(self.tcfg.batch_size)
             for node in self.tcfg.condition:
                 exo[node] = label
-            with autocast(self.device, self.tcfg.precision):
+            with autocast(self.device, self.precision):
                 values = self.model(exo)
                 total = torch.zeros((), device=self.device)
                 for term in self.terms:
@@ -242,7 +238,7 @@ class Trainer:
         total = 0.0
         for values, real, label in kept:
             inputs = self._inputs(term, values, real, label)
-            with autocast(self.device, self.tcfg.precision):
+            with autocast(self.device, self.precision):
                 loss = term.module.critic_loss(term.critic, real, inputs["fake"], label, inputs.get("label"))
             (loss.float() / len(kept)).backward()
             total += loss.item() / len(kept)
@@ -264,7 +260,8 @@ class Trainer:
             barrier(self.info)
             return target
         with atomic_directory(target) as tmp:
-            self.model.write_into(tmp, {"step": self.step, "seed": self.tcfg.seed, "total_steps": self.total_steps})
+            self.model.write_into(tmp, {"step": self.step, "seed": self.tcfg.seed, "total_steps": self.total_steps,
+                                        "precision": self.precision})
             for term in self.terms:
                 if term.critic is not None:
                     save_module(term.critic, tmp / f"critic.{term.name}.safetensors")

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from scmgen.classifier import InvariantClassifier
 from scmgen.cli import cli
 from scmgen.data import ImageSet
+from scmgen.precision import resolve as resolve_precision
 from scmgen.table1 import (
     MAKER,
     METHODS,
@@ -37,6 +38,10 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return out, json.loads((out / "table1.json").read_text())
 
 
+def stages_of(payload: dict) -> dict:
+    return payload["datasets"]["double_colored"]["stages"]["0"]
+
+
 def test_every_row_is_measured_and_written_with_provenance(bench: tuple[Path, dict]) -> None:
     out, payload = bench
     rows = payload["datasets"]["double_colored"]["rows"]
@@ -54,7 +59,10 @@ def test_every_row_is_measured_and_written_with_provenance(bench: tuple[Path, di
     assert len(rows["cgn"]["0"]["history"]) == 1 + METHODS["cgn"].extra_epochs > len(rows["cgn_only"]["0"]["history"])
     for field in ("commit", "command", "seeds", "device", "torch", "wall_seconds", "settings"):
         assert field in payload
-    stages = payload["datasets"]["double_colored"]["stages"]["0"]
+    # --precision auto is recorded as what ran, and every trained graph ran in it
+    assert payload["settings"]["precision"] == resolve_precision("auto", "cpu")
+    assert f"train.precision={payload['settings']['precision']}" in stages_of(payload)["cgn"]["params"]["overrides"]
+    stages = stages_of(payload)
     assert {"cgn", "gan", "counterfactuals", "gan_samples"} <= set(stages)
     assert all(s["seconds"] >= 0 and s["images_per_second"] > 0 for s in stages.values())
     table = (out / "table1.md").read_text()
@@ -192,6 +200,8 @@ def test_cgn_overrides_retrain_the_cgn_and_are_reported(bench: tuple[Path, dict]
     (["--cgn-set", "train.steps"], "--cgn-set: train.steps: expected KEY=VALUE"),
     (["--cgn-set", "train.batch_size=many"], "train.batch_size"),
     (["--cgn-set", "train.steps=6000"], "--cgn-set train.steps=6000: the bench sets this field; use --cgn-steps"),
+    (["--cgn-set", "train.precision=bf16"], "the bench sets this field; use --precision"),
+    (["--precision", "fp16"], "Invalid value for '--precision'"),
 ])
 def test_bad_choices_are_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:
     result = CliRunner().invoke(cli, ["bench", "table1", *args, "--out", str(tmp_path / "t")])

@@ -87,7 +87,7 @@ CASES = [
     ("condition on non-root", _set("train.condition", {"shape": "label"}),
      "train.condition.shape: expected the name of a root label node"),
     ("steps and epochs", mutate(lambda r: r["train"].update(epochs=2)), "train: give either steps or epochs, not both"),
-    ("bad precision", _set("train.precision", "fp8"), "train.precision: Input should be 'fp32' or 'bf16'"),
+    ("bad precision", _set("train.precision", "fp8"), "train.precision: Input should be 'auto', 'fp32' or 'bf16'"),
     ("bad node name", mutate(lambda r: r["nodes"].update({"bad-name": {"kind": "noise", "dim": 2}})),
      "nodes.bad-name: names must be identifiers (letters, digits and _, not starting with a digit), got 'bad-name'"),
     ("adversarial without data", _set("data", DELETE),
