@@ -50,5 +50,5 @@ def train_ceiling(real: ImageSet, seed: int, epochs: int = Settings.epochs, lr: 
     torch.manual_seed(seed)
     model = InvariantClassifier("mnist.cnn", {"shape": 10})
     train_classifier(model, environments=[real], recipe="mnist", epochs=epochs, lr=lr,
-                     batch_size=Settings.batch_size, seed=seed, device="cpu", precision="bf16", progress=False)
+                     batch_size=Settings.batch_size, seed=seed, device="cpu", precision=Settings.precision, progress=False)
     return model

@@ -42,7 +42,7 @@ def cnn(cf: object, epochs: int, seed: int) -> InvariantClassifier:
     torch.manual_seed(seed)
     model = InvariantClassifier("mnist.cnn", {"shape": 10})
     train_classifier(model, None, cf, real_fraction=0.0, recipe="mnist", epochs=epochs, lr=Settings.lr,
-                     batch_size=Settings.batch_size, seed=seed, device="cpu", precision="bf16", progress=False)
+                     batch_size=Settings.batch_size, seed=seed, device="cpu", precision=Settings.precision, progress=False)
     return model
 
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         coverage = mask.coverage().tolist()
         with tempfile.TemporaryDirectory() as tmp:
             generate_dataset(cgn, args.counterfactuals, Path(tmp) / "cf", per_shape=10, seed=args.seed,
-                             batch_size=100, image_format="safetensors", precision="bf16")
+                             batch_size=100, image_format="safetensors", precision=Settings.precision)
             cf = counterfactual_set(Path(tmp) / "cf")
             fidelity = accuracy(ceiling, ImageSet(cf.images, cf.labels["shape"], {}))
             test_accuracy = accuracy(cnn(cf, args.epochs, args.seed), test)

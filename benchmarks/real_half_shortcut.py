@@ -54,7 +54,7 @@ def train_variant(name: str, real: ImageSet, cf: TensorImages, args: argparse.Na
     """One classifier of VARIANTS, trained in place of Table 1's Original + CGN row."""
     torch.manual_seed(args.seed)
     kw: dict[str, Any] = dict(recipe="mnist", epochs=args.epochs, lr=args.lr, seed=args.seed, device="cpu",
-                              precision="bf16", progress=False)
+                              precision=Settings.precision, progress=False)
     heads = heads_from_spec(graph_spec(args.dataset)[1]) if name == "three heads" else {"shape": 10}
     model = InvariantClassifier("mnist.cnn", heads)
     if name == "domain-adversarial":  # half a batch from each environment, as the real half has

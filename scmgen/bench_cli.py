@@ -41,6 +41,8 @@ def bench_group() -> None:
 @click.option("--gan-steps", type=click.IntRange(1), default=None, help="Default: graphs/cgan_mnist.yaml's.")
 @click.option("--counterfactuals", "n_counterfactuals", type=click.IntRange(10), default=50_000, show_default=True,
               help="Images in each counterfactual set and each cGAN sample set (reference: 100000).")
+@click.option("--per-shape", type=click.IntRange(1), default=10, show_default=True,
+              help="Counterfactuals per mask: each mask drawn gets this many textures and backgrounds (reference: 10).")
 @click.option("--epochs", type=click.IntRange(1), default=3, show_default=True,
               help="Classifier epochs (reference: 10).")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=3.0, show_default=True,
@@ -58,7 +60,7 @@ def bench_group() -> None:
                    "at most 4; 1 on a GPU). Results depend on the threads per lane (summation order).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def table1_command(datasets: str, methods: str, seeds: str, out: str, cgn_steps: int | None, cgn_overrides: tuple[str, ...], gan_steps: int | None,
-                   n_counterfactuals: int, epochs: int, lr: float, batch_size: int, precision: str, limit: int | None,
+                   n_counterfactuals: int, per_shape: int, epochs: int, lr: float, batch_size: int, precision: str, limit: int | None,
                    device: str, workers: int | None, quiet: bool) -> None:
     """Table 1 of the CGN paper: a classifier per method on colored, double-colored and Wildlife
     MNIST, tested on images whose colours / textures are independent of the digit.
@@ -73,7 +75,7 @@ def table1_command(datasets: str, methods: str, seeds: str, out: str, cgn_steps:
 
     settings = Settings(datasets=_names(datasets), methods=_names(methods), seeds=_ints(seeds), cgn_steps=cgn_steps,
                         cgn_overrides=list(cgn_overrides),
-                        gan_steps=gan_steps, counterfactuals=n_counterfactuals, epochs=epochs, lr=lr,
+                        gan_steps=gan_steps, counterfactuals=n_counterfactuals, per_shape=per_shape, epochs=epochs, lr=lr,
                         batch_size=batch_size, precision=precision, limit=limit, device=device)
     workers = workers or default_workers(device)
     try:

@@ -3,7 +3,7 @@
 For every data set (colored, double-colored, Wildlife MNIST) and seed the stages are:
   cgn             train the shipped graph graphs/cgn_<data set>.yaml          (scmgen.training_run)
   gan             train graphs/cgan_mnist.yaml on the same data                (scmgen.training_run)
-  counterfactuals N images from the CGN, 10 per mask                          (scmgen.sampling)
+  counterfactuals N images from the CGN, --per-shape per mask                 (scmgen.sampling)
   gan_samples     N images from the cGAN                                       (scmgen.sampling)
   one classifier per row (METHODS), evaluated on the training set and on the test set whose
   colours / textures are drawn independently of the label                     (scmgen.classify)
@@ -164,6 +164,7 @@ class Settings:
     cgn_overrides: list[str] = field(default_factory=list)  # `--set` items for the CGN graphs (ablations)
     gan_steps: int | None = None
     counterfactuals: int = 50_000  # the classifier sees 50k counterfactuals per epoch at half of each batch
+    per_shape: int = 10  # counterfactuals per mask (the reference: 10, i.e. 10k distinct masks in 100k images)
     # reference: 10. Three fit the table in an hour on 2 cores (Original + CGN trains one more: Method.extra_epochs)
     epochs: int = 3
     # Adadelta's lr (reference: 1.0 over 10 epochs). Over 2 epochs lr 1.0 underfits: the ceiling row's
@@ -416,7 +417,7 @@ class Table1:
         cgn = None
         if "cgn" in stages:
             cgn = self._train_graph(dataset, seed, "cgn", DATASETS[dataset].graph, self.s.cgn_overrides)
-            sets["counterfactuals"] = self._generate(dataset, seed, "counterfactuals", cgn, per_shape=10)
+            sets["counterfactuals"] = self._generate(dataset, seed, "counterfactuals", cgn, per_shape=self.s.per_shape)
         if "gan" in stages:
             plugin = graph_spec(dataset)[1].data.plugin
             gan = self._train_graph(dataset, seed, "gan", "cgan_mnist", [f"data.plugin={plugin}"])
@@ -610,7 +611,8 @@ def markdown(payload: dict[str, Any]) -> str:
               "invariant classifier, a head per intervened label (shape, texture, background) whose mean logits "
               "train on real images, the shape head read; counterfactuals only: the shape head alone, as the "
               "reference; counterfactual and cGAN "
-              f"sets of {settings['counterfactuals']} images; CGN steps: {settings['cgn_steps'] or 'graph'}; "
+              f"sets of {settings['counterfactuals']} images ({settings['per_shape']} counterfactuals per mask, "
+              f"reference: 10); CGN steps: {settings['cgn_steps'] or 'graph'}; "
               "IRM / V-REx / GroupDRO / LNTL weights: DomainBed's defaults (see scmgen/table1.py), never chosen on a "
               "test set."
               + (f" CGN graph overrides: `{' '.join(settings['cgn_overrides'])}`." if settings.get("cgn_overrides")

@@ -179,6 +179,19 @@ def test_the_classifier_lr_reaches_the_optimizer_and_the_table(bench: tuple[Path
     assert "Adadelta lr 0.5 (reference: 1.0)" in (out / "table1.md").read_text()
 
 
+def test_counterfactuals_per_mask_regenerate_the_set_and_not_the_cgn(bench: tuple[Path, dict]) -> None:
+    out, first = bench
+    result = CliRunner().invoke(cli, ["bench", "table1", *TINY, "--methods", "cgn_only", "--per-shape", "1",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "table1.json").read_text())["datasets"]["double_colored"]
+    assert record["stages"]["0"]["cgn"]["cached"] and not record["stages"]["0"]["counterfactuals"].get("cached")
+    assert record["stages"]["0"]["counterfactuals"]["params"]["per_shape"] == 1
+    assert first["datasets"]["double_colored"]["stages"]["0"]["counterfactuals"]["params"]["per_shape"] == 10
+    assert not record["rows"]["cgn_only"]["0"].get("cached")
+    assert "(1 counterfactuals per mask, reference: 10)" in (out / "table1.md").read_text()
+
+
 def test_cgn_overrides_retrain_the_cgn_and_are_reported(bench: tuple[Path, dict]) -> None:
     out, first = bench
     result = CliRunner().invoke(cli, ["bench", "table1", *TINY, "--methods", "cgn_only,gan,lntl", "--out", str(out),
