@@ -167,18 +167,19 @@ def test_true_mechanisms_are_the_pieces_the_data_set_is_made_of() -> None:
         datasets.true_mechanisms(datasets.colored_mnist)
 
 
-def test_truncation_compares_sets_of_one_cgn(tmp_path: Path) -> None:
-    import truncation
+def test_counterfactual_draws_compare_sets_of_one_cgn(tmp_path: Path) -> None:
+    import counterfactual_draws
 
     from scmgen.model import SCM
 
     SCM.from_yaml(ROOT / "graphs" / "cgn_double_colored_mnist.yaml").save_pretrained(tmp_path / "model", {"step": 0})
-    result = truncation.main([str(tmp_path / "model"), "--dataset", "double_colored", "--n", "200", "--epochs", "1",
-                              "--limit", "200", "--truncations", "none;u_shape=0.5", "--out", "-"])
-    assert list(result) == ["none", "u_shape=0.5"]
+    result = counterfactual_draws.main([str(tmp_path / "model"), "--dataset", "double_colored", "--n", "200",
+                                        "--epochs", "1", "--limit", "200", "--truncations", "none;u_shape=0.5",
+                                        "--per-shape", "10,1", "--out", "-"])
+    assert list(result) == ["none | 10", "none | 1", "u_shape=0.5 | 10", "u_shape=0.5 | 1"]
     assert all(0.0 <= r["fidelity"] <= 1.0 and 0.0 <= r["three heads"]["test"] <= 1.0 for r in result.values())
     with pytest.raises(SystemExit):  # a double-colored CGN is not Wildlife's
-        truncation.main([str(tmp_path / "model"), "--dataset", "wildlife", "--out", "-"])
+        counterfactual_draws.main([str(tmp_path / "model"), "--dataset", "wildlife", "--out", "-"])
     with pytest.raises(UsageError, match="not a normal noise node"):
-        truncation.main([str(tmp_path / "model"), "--dataset", "double_colored", "--truncations", "u_mask=0.5",
-                         "--out", "-"])
+        counterfactual_draws.main([str(tmp_path / "model"), "--dataset", "double_colored", "--truncations",
+                                   "u_mask=0.5", "--out", "-"])
