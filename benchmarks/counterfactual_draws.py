@@ -7,7 +7,7 @@ distinct masks per set (fewer counterfactuals per mask), give Table 1's classifi
 
 Per truncation (as `scmgen generate --truncation` takes it; none: untruncated) and number of
 counterfactuals per mask (`scmgen generate --per-shape`; the bench's own set is none, 10) the script
-generates the bench's counterfactual set (--n images, bf16, the CGN's seed), reads its shape
+generates the bench's counterfactual set (--n images, the bench's precision, the CGN's seed), reads its shape
 fidelity with the ceiling classifier, and trains Table 1's counterfactuals-only and
 Original + CGN (three heads, half real) classifiers on it. It reports their accuracy on a validation
 set (the training digits with colours / textures drawn at random, not the test set: the column to

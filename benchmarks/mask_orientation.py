@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         flipped = torch.nonzero(mask.inverted).flatten().tolist()
         coverage = mask.coverage().tolist()
         with tempfile.TemporaryDirectory() as tmp:
-            generate_dataset(cgn, args.counterfactuals, Path(tmp) / "cf", per_shape=10, seed=args.seed,
+            generate_dataset(cgn, args.counterfactuals, Path(tmp) / "cf", per_shape=Settings.per_shape, seed=args.seed,
                              batch_size=100, image_format="safetensors", precision=Settings.precision)
             cf = counterfactual_set(Path(tmp) / "cf")
             fidelity = accuracy(ceiling, ImageSet(cf.images, cf.labels["shape"], {}))
