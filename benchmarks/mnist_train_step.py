@@ -6,10 +6,13 @@ size, as ratios to the first combination measured in the same run (machines are 
         --layouts contiguous,channels_last
     python benchmarks/mnist_train_step.py --batch-sizes 64 --precisions bf16 --without layer_colours
     python benchmarks/mnist_train_step.py --batch-sizes 64 --precisions bf16 --compile
+    python benchmarks/mnist_train_step.py --batch-sizes 64 --precisions fp32 \
+        --set nodes.foreground.params.width=32 --set nodes.backdrop.params.width=32
 
 `--without NAME` also measures each combination with that loss term left out of the step (what
 the term costs); `--compile` also measures it with every mechanism compiled (torch.compile; its
-compile time falls in the warm-up steps).
+compile time falls in the warm-up steps); `--set KEY=VALUE` (repeatable) also measures it with
+the graph changed by those overrides (what a recipe change costs or saves).
 
 Prints a Markdown table and appends it, with commit, date and machine, to benchmarks/RESULTS.md.
 """
@@ -37,8 +40,9 @@ LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_
 
 
 def images_per_second(graph: Path, batch: int, precision: str, steps: int, warmup: int, out: Path,
-                      layout: str = "channels_last", without: str | None = None, compiled: bool = False) -> float:
-    model = SCM.from_yaml(graph, [f"train.batch_size={batch}", f"train.precision={precision}"])
+                      layout: str = "channels_last", without: str | None = None, compiled: bool = False,
+                      overrides: tuple[str, ...] = ()) -> float:
+    model = SCM.from_yaml(graph, [f"train.batch_size={batch}", f"train.precision={precision}", *overrides])
     for mechanism in model.mechanisms.values():
         if isinstance(mechanism, ConditionalGenerator):
             mechanism.memory_format = LAYOUTS[layout]
@@ -68,20 +72,24 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--without", default=None, help="a loss term to also measure the step without")
     parser.add_argument("--compile", action="store_true", help="also measure with the mechanisms compiled")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="graph override (repeatable): also measure with all of them applied")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     args = parser.parse_args()
     graph = resolve_graph(args.graph)
     rows, base = [], None
     start = time.perf_counter()
-    for batch, precision, layout, without, compiled in itertools.product(
+    for batch, precision, layout, without, compiled, overrides in itertools.product(
             [int(b) for b in args.batch_sizes.split(",")], args.precisions.split(","), args.layouts.split(","),
-            [None, args.without] if args.without else [None], [False, True] if args.compile else [False]):
+            [None, args.without] if args.without else [None], [False, True] if args.compile else [False],
+            [(), tuple(args.overrides)] if args.overrides else [()]):
         rate = images_per_second(graph, batch, precision, args.steps, args.warmup, Path("/tmp/scmgen-bench"),
-                                 layout, without, compiled)
+                                 layout, without, compiled, overrides)
         base = base or rate
         losses = f"without {without}" if without else "all"
+        graph_cell = ", ".join(f"`{o}`" for o in overrides) or "as shipped"
         rows.append(f"| {batch} | {precision} | {layout} | {losses} | {'compiled' if compiled else 'eager'} "
-                    f"| {rate:.0f} | {rate / base:.2f}x |")
+                    f"| {graph_cell} | {rate:.0f} | {rate / base:.2f}x |")
         print(rows[-1], flush=True)
     meta = run_metadata("cpu", wall_seconds=round(time.perf_counter() - start, 1))
     section = "\n".join([
@@ -89,8 +97,8 @@ def main() -> None:
         f"- commit {meta['commit']}, torch {meta['torch']}, {meta['machine']}, device cpu",
         f"- command: `python {meta['command']}`; {args.warmup} warm-up + {args.steps} timed steps each; "
         f"wall {meta['wall_seconds']} s; baseline = the first row\n",
-        "| batch | precision | generator layout | losses | mechanisms | images/s | vs baseline |",
-        "|---:|---|---|---|---|---:|---:|",
+        "| batch | precision | generator layout | losses | mechanisms | graph | images/s | vs baseline |",
+        "|---:|---|---|---|---|---|---:|---:|",
         *rows, ""])
     with open(args.out, "a") as f:
         f.write(section)

@@ -118,6 +118,18 @@ def test_train_step_measures_a_graph_without_one_of_its_losses(tmp_path: Path) -
         mnist_train_step.images_per_second(graph, 4, "bf16", 1, 0, tmp_path, without="colour")
 
 
+def test_train_step_measures_a_graph_changed_by_overrides(tmp_path: Path) -> None:
+    import mnist_train_step
+
+    from scmgen.errors import SpecError
+
+    graph = ROOT / "graphs" / "cgn_double_colored_mnist.yaml"
+    narrow = ("nodes.foreground.params.width=8", "nodes.backdrop.params.width=8")
+    assert mnist_train_step.images_per_second(graph, 4, "fp32", 1, 0, tmp_path, overrides=narrow) > 0
+    with pytest.raises(SpecError, match="train.batch_sise"):
+        mnist_train_step.images_per_second(graph, 4, "fp32", 1, 0, tmp_path, overrides=("train.batch_sise=8",))
+
+
 def test_mask_dynamics_reads_every_checkpoint_of_a_run(tmp_path: Path) -> None:
     import mask_dynamics
 
