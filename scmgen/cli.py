@@ -105,7 +105,7 @@ def cli(debug: bool, random_init: bool) -> None:
 
     \b
     Examples:
-      scmgen train                                   # the default MNIST CGN, a few minutes on CPU
+      scmgen train                                   # the default MNIST CGN: 2500 steps, ~9 min on 2 cores
       scmgen train graphs/cgn_wildlife_mnist.yaml --set train.batch_size=64 --out runs/wild
       scmgen intervene runs/wild --do shape=3 --do texture=7 --out grid.png
       scmgen generate runs/wild --n 100000 --per-shape 10 --out data/wild_cf
