@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.ceiling import load_cgn, real_sets, train_ceiling  # noqa: E402
 from benchmarks.real_half_shortcut import train_variant  # noqa: E402
-from benchmarks.report import cpu_model, publish  # noqa: E402
+from benchmarks.report import publish  # noqa: E402
 from scmgen.classify import counterfactual_set  # noqa: E402
 from scmgen.data import load_dataset  # noqa: E402
 from scmgen.noise import parse_truncation  # noqa: E402
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     meta = run_metadata("cpu", seed=args.seed, wall_seconds=round(time.perf_counter() - start, 1))
     publish("\n".join([
         f"\n## {DATASETS[args.dataset].title}: how the counterfactuals are drawn, {meta['time'][:10]}\n",
-        f"- commit {meta['commit']}, torch {meta['torch']}, {cpu_model()}, {meta['machine']}, device cpu, "
+        f"- commit {meta['commit']}, torch {meta['torch']}, {meta['cpu']}, {meta['machine']}, device cpu, "
         f"seed {args.seed}",
         f"- command: `python {meta['command']}`; wall {meta['wall_seconds']} s",
         f"- CGN: {args.model}; {args.n} counterfactuals per set; classifiers: reference CNN, "

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.ceiling import real_sets, train_ceiling  # noqa: E402
-from benchmarks.report import cpu_model, publish  # noqa: E402
+from benchmarks.report import publish  # noqa: E402
 from scmgen.provenance import run_metadata  # noqa: E402
 from scmgen.table1 import Settings, predictions  # noqa: E402
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     meta = run_metadata("cpu", seed=args.seed, wall_seconds=round(time.perf_counter() - start, 1))
     publish("\n".join([
         f"\n## Double-colored MNIST: the same-colour bound, {meta['time'][:10]}\n",
-        f"- commit {meta['commit']}, torch {meta['torch']}, {cpu_model()}, {meta['machine']}, device cpu, "
+        f"- commit {meta['commit']}, torch {meta['torch']}, {meta['cpu']}, {meta['machine']}, device cpu, "
         f"seed {args.seed}",
         f"- command: `python {meta['command']}`; wall {meta['wall_seconds']} s",
         f"- ceiling classifier (reference CNN, real training digits with random colours, {args.epochs} epochs, "

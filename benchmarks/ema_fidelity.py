@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.ceiling import add_arguments, real_sets, train_ceiling  # noqa: E402
-from benchmarks.report import cpu_model, publish  # noqa: E402
+from benchmarks.report import publish  # noqa: E402
 from scmgen.classifier import InvariantClassifier  # noqa: E402
 from scmgen.data import to_uint8  # noqa: E402
 from scmgen.model import SCM  # noqa: E402
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     meta = run_metadata("cpu", seed=args.seed, wall_seconds=round(time.perf_counter() - start, 1))
     publish("\n".join([
         f"\n## Live weights against their moving average ({args.dataset}), {meta['time'][:10]}\n",
-        f"- commit {meta['commit']}, torch {meta['torch']}, {cpu_model()}, {meta['machine']}, device cpu, "
+        f"- commit {meta['commit']}, torch {meta['torch']}, {meta['cpu']}, {meta['machine']}, device cpu, "
         f"seed {args.seed}",
         f"- command: `python {meta['command']}`; wall {meta['wall_seconds']} s",
         f"- run: `{args.run}`; {args.per_class} counterfactuals per class\n",

@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch
 import torch.nn.functional as F
-from report import cpu_model, publish
+from report import publish
 
 from scmgen.data import ImageSet, load_dataset, to_uint8
 from scmgen.model import SCM
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     section = [
         f"\n## Engine overhead vs a hand-written loop (cgn_double_colored_mnist), {meta['time'][:10]}\n",
         (f"- date {meta['time']}; commit {meta['commit']}; torch {meta['torch']}, Python {meta['python']}; "
-        f"{cpu_model()}, {os.cpu_count()} cores, {meta['machine']}; {env}; device cpu"),
+        f"{meta['cpu']}, {os.cpu_count()} cores, {meta['machine']}; {env}; device cpu"),
         (f"- command: `python {meta['command']}`; wall {meta['wall_seconds']} s; 1-min load average "
         f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (2-core machine shared with other workers)"),
         ("- weights: randomly initialised (speed does not depend on them); training on the real "

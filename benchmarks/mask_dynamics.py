@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict[int, dict[str, list[float]]]:
     results = {int(p.name.split("_")[1]): class_dynamics(SCM.from_pretrained(p).eval(), real) for p in steps}
     meta = run_metadata("cpu", wall_seconds=round(time.perf_counter() - start, 1))
     lines = [f"\n## Per-class mask dynamics ({args.dataset}), {meta['time'][:10]}\n",
-             f"- commit {meta['commit']}, torch {meta['torch']}, {meta['machine']}",
+             f"- commit {meta['commit']}, torch {meta['torch']}, {meta['cpu']}, {meta['machine']}",
              f"- command: `python {meta['command']}`; wall {meta['wall_seconds']} s",
              f"- run: {args.run}; live weights of each checkpoint, before orientation\n"]
     for name in STATISTICS:

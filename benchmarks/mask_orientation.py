@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.ceiling import add_arguments, real_sets, train_ceiling  # noqa: E402
-from benchmarks.report import cpu_model, publish  # noqa: E402
+from benchmarks.report import publish  # noqa: E402
 from mechanisms.mnist.generators import TextureGenerator  # noqa: E402
 from scmgen.classifier import InvariantClassifier  # noqa: E402
 from scmgen.classify import counterfactual_set, train_classifier  # noqa: E402
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     meta = run_metadata("cpu", seed=args.seed, wall_seconds=round(time.perf_counter() - start, 1))
     publish("\n".join([
         f"\n## Mask orientation ({args.dataset}), {meta['time'][:10]}\n",
-        f"- commit {meta['commit']}, torch {meta['torch']}, {cpu_model()}, {meta['machine']}, device cpu, "
+        f"- commit {meta['commit']}, torch {meta['torch']}, {meta['cpu']}, {meta['machine']}, device cpu, "
         f"seed {args.seed}",
         f"- command: `python {meta['command']}`; wall {meta['wall_seconds']} s",
         f"- {args.counterfactuals} counterfactuals (10 per mask); classifiers: the reference CNN, {args.epochs} "

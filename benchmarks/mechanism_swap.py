@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.ceiling import load_cgn, real_sets, train_ceiling  # noqa: E402
-from benchmarks.report import cpu_model, publish  # noqa: E402
+from benchmarks.report import publish  # noqa: E402
 from scmgen.data import ImageSet, to_float, to_uint8  # noqa: E402
 from scmgen.model import SCM  # noqa: E402
 from scmgen.provenance import run_metadata  # noqa: E402
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     meta = run_metadata("cpu", seeds=seeds, wall_seconds=round(time.perf_counter() - start, 1))
     publish("\n".join([
         f"\n## Mechanism swap: which CGN mechanism costs the classifier ({args.dataset}), {meta['time'][:10]}\n",
-        f"- commit {meta['commit']}, torch {meta['torch']}, {cpu_model()}, {meta['machine']}, device cpu",
+        f"- commit {meta['commit']}, torch {meta['torch']}, {meta['cpu']}, {meta['machine']}, device cpu",
         f"- command: `python {meta['command']}`; wall {meta['wall_seconds']} s",
         f"- CGN: `{args.model}`; {n} images per set (digits and classes drawn with seed {args.draw_seed}); "
         f"the ceiling's classifier and schedule, seeds {args.seeds}; test: {len(test)} images\n",

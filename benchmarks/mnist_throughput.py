@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch
 from mnist_train_step import images_per_second
-from report import cpu_model, publish
+from report import publish
 from torch.utils.flop_counter import FlopCounterMode
 
 from scmgen.cli import resolve_graph
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     section = [
         f"\n## MNIST CGN throughput: training and generation, {meta['time'][:10]}\n",
         (f"- date {meta['time']}; commit {meta['commit']}; torch {meta['torch']}, Python {meta['python']}; "
-        f"{cpu_model()}, {os.cpu_count()} cores, {meta['machine']}; {env}; device cpu"),
+        f"{meta['cpu']}, {os.cpu_count()} cores, {meta['machine']}; {env}; device cpu"),
         (f"- command: `python {meta['command']}`; wall {meta['wall_seconds']} s; 1-min load average "
         f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (2-core machine shared with other workers: "
         "absolute numbers are low and noisy, the matmul column is measured right around each row)"),

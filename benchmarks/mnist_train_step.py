@@ -94,7 +94,7 @@ def main() -> None:
     meta = run_metadata("cpu", wall_seconds=round(time.perf_counter() - start, 1))
     section = "\n".join([
         f"\n## MNIST CGN training throughput ({graph.stem}), {meta['time'][:10]}\n",
-        f"- commit {meta['commit']}, torch {meta['torch']}, {meta['machine']}, device cpu",
+        f"- commit {meta['commit']}, torch {meta['torch']}, {meta['cpu']}, {meta['machine']}, device cpu",
         f"- command: `python {meta['command']}`; {args.warmup} warm-up + {args.steps} timed steps each; "
         f"wall {meta['wall_seconds']} s; baseline = the first row\n",
         "| batch | precision | generator layout | losses | mechanisms | graph | images/s | vs baseline |",

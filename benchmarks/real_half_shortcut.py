@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import cpu_model, publish  # noqa: E402
+from benchmarks.report import publish  # noqa: E402
 from scmgen.classifier import InvariantClassifier, heads_from_spec  # noqa: E402
 from scmgen.classify import TensorImages, counterfactual_set, train_classifier  # noqa: E402
 from scmgen.data import ImageSet, load_dataset  # noqa: E402
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     factors = list(next(iter(results.values()))["follows"])
     publish("\n".join([
         f"\n## {DATASETS[args.dataset].title}: which cue real + counterfactual classifiers follow, {meta['time'][:10]}\n",
-        f"- commit {meta['commit']}, torch {meta['torch']}, {cpu_model()}, {meta['machine']}, device cpu, "
+        f"- commit {meta['commit']}, torch {meta['torch']}, {meta['cpu']}, {meta['machine']}, device cpu, "
         f"seed {args.seed}",
         f"- command: `python {meta['command']}`; wall {meta['wall_seconds']} s",
         f"- counterfactuals: {args.counterfactuals}; reference CNN, {args.epochs} epochs, Adadelta lr {args.lr}; "

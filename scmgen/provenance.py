@@ -27,6 +27,18 @@ def git_commit() -> str:
         return "unknown"
 
 
+def cpu_model() -> str:
+    """The CPU's name (/proc/cpuinfo): a timing means little without it, and machines of one
+    kind differ (bf16 units or none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def run_metadata(device: str | torch.device = "cpu", **extra: Any) -> dict[str, Any]:
     return {
         "scmgen": scmgen.__version__,
@@ -34,6 +46,7 @@ def run_metadata(device: str | torch.device = "cpu", **extra: Any) -> dict[str, 
         "command": shlex.join(sys.argv),  # quoted: the line can be pasted back into a shell
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "cpu": cpu_model(),
         "machine": f"{platform.machine()} {platform.system()}, {torch.get_num_threads()} threads",
         "device": str(device),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -146,9 +146,10 @@ DATASETS = {d.key: d for d in (
 )}
 
 
-# graph fields each bench stage sets itself, and the options that set them
-BENCH_OWNED = {"train.steps": "--cgn-steps", "train.seed": "--seeds", "train.device": "--device",
-               "train.precision": "--precision"}
+# graph fields each bench stage sets itself, and what to do instead of --cgn-set
+BENCH_OWNED = {"train.steps": "use --cgn-steps", "train.seed": "use --seeds", "train.device": "use --device",
+               "train.precision": "use --precision",
+               "train.sample_every": "the table trains without sample grids; `scmgen sample` draws them afterwards"}
 
 
 @dataclass
@@ -186,7 +187,7 @@ class Settings:
         for override in self.cgn_overrides:  # each stage sets these after the overrides: refuse, not ignore
             key, eq, _ = override.partition("=")
             if eq and key.strip() in BENCH_OWNED:
-                raise UsageError(f"--cgn-set {override}: the bench sets this field; use {BENCH_OWNED[key.strip()]}")
+                raise UsageError(f"--cgn-set {override}: the bench sets this field; {BENCH_OWNED[key.strip()]}")
         for dataset in self.datasets:  # a bad --cgn-set fails here, before anything is written
             path = GRAPHS / f"{DATASETS[dataset].graph}.yaml"
             parse_spec(apply_overrides(read_yaml(path), self.cgn_overrides, "--cgn-set"), str(path))
@@ -635,7 +636,8 @@ def markdown(payload: dict[str, Any]) -> str:
     total += sum(row["seconds"] for record in payload["datasets"].values()
                  for per_seed in record.get("rows", {}).values() for row in per_seed.values())
     lines += ["", f"Sum of the stages' wall times (cached ones as first measured): {total / 60:.1f} min. "
-              f"Wall time of this invocation: {payload['wall_seconds'] / 60:.1f} min on {payload['machine']}"
+              f"Wall time of this invocation: {payload['wall_seconds'] / 60:.1f} min on "
+              f"{payload.get('cpu', 'an unnamed CPU')}, {payload['machine']}"
               f" ({payload['device']}; {_lanes(payload)}), commit {payload['commit']}, torch {payload['torch']}.",
               f"Command: `{payload['command']}`", ""]
     return "\n".join(lines)

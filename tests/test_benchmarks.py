@@ -17,6 +17,7 @@ import double_colored_bound
 import ema_fidelity
 import engine_overhead
 import mask_orientation
+import mnist_classifier_step
 import mnist_throughput
 import real_half_shortcut
 
@@ -35,6 +36,13 @@ def test_engine_overhead_hand_loop_matches_engine() -> None:
     assert result["same_losses"] and result["same_images"]
     assert set(result["train"]) == {(4, "fp32"), (4, "bf16")}
     assert all(r > 0 for r in result["train"].values())
+
+
+def test_classifier_step_times_the_folded_and_the_sequential_backbone() -> None:
+    rates = mnist_classifier_step.main(["--images", "128", "--repeats", "1", "--heads", "3", "--out", "-"])
+    assert set(rates) == {("fp32", "sequential"), ("fp32", "folded")} and all(r > 0 for r in rates.values())
+    plain = mnist_classifier_step.classifier("sequential", 1)
+    assert type(plain.backbone) is torch.nn.Sequential  # the baseline really runs the unfolded forward
 
 
 def test_mnist_throughput_runs() -> None:

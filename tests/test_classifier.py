@@ -3,6 +3,7 @@ on counterfactuals, training, persistence, pretrained ResNet weights, the evalua
 published layouts (on rigged classifiers whose right answers are known), and `scmgen classify`."""
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from mechanisms.synthetic import shapes
 from scmgen import weights
 from scmgen.classifier import (
     InvariantClassifier,
+    ReferenceCNN,
     average_logits,
     counterfactual_loss,
     heads_from_checkpoint,
@@ -104,6 +106,34 @@ def test_counterfactual_loss_trains_each_head_on_its_own_label() -> None:
     after = head_grads({**labels, "texture": (labels["texture"] + 1) % 4})
     assert torch.equal(before["shape"], after["shape"]) and torch.equal(before["background"], after["background"])
     assert not torch.equal(before["texture"], after["texture"])
+
+
+def test_the_folded_input_norm_is_the_reference_layers_exactly() -> None:
+    """ReferenceCNN folds its input batch norm into the first convolution: outputs, every
+    parameter's gradient and the running statistics must be those of the same layers run one after
+    another, in training (over several steps, so the running statistics feed back) and in eval."""
+    torch.manual_seed(0)
+    folded = ReferenceCNN()
+    plain = nn.Sequential(*[copy.deepcopy(layer) for layer in folded])
+    with torch.no_grad():  # a non-trivial affine, so that both of its parameters matter
+        folded[0].weight.uniform_(0.5, 2), folded[0].bias.uniform_(-1, 1)
+    plain.load_state_dict(folded.state_dict())
+    assert list(folded.state_dict()) == list(plain.state_dict())  # checkpoints keep the reference's keys
+    for step in range(3):
+        x = (torch.rand(8, 3, 12, 12) * (step + 1) - 0.5).contiguous(memory_format=torch.channels_last)
+        outs = [net(x) for net in (folded, plain)]
+        torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-5)
+        for net, out in zip((folded, plain), outs):
+            net.zero_grad()
+            (out * torch.arange(out.shape[1])).sum().backward()
+        for (name, a), b in zip(folded.named_parameters(), plain.parameters()):
+            # fp32 sums in another order: errors relative to the gradient's scale
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5 * float(b.grad.abs().max()), msg=name)
+    for name, buffer in plain.named_buffers():
+        torch.testing.assert_close(folded.get_buffer(name), buffer, msg=name)
+    folded.eval(), plain.eval()
+    x = torch.randn(4, 3, 12, 12)
+    torch.testing.assert_close(folded(x), plain(x), rtol=1e-4, atol=1e-5)
 
 
 def test_mismatched_heads_are_refused() -> None:

@@ -12,6 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from scmgen.cli import cli
+from scmgen.provenance import cpu_model
 from tests.conftest import TINY
 
 
@@ -35,7 +36,8 @@ def test_train_writes_model_grid_samples_and_logs(trained: Path) -> None:
     assert sorted(p.name for p in (trained / "model").iterdir()) == [
         "backdrop.safetensors", "foreground.safetensors", "graph.yaml", "mask.safetensors", "meta.json"]
     meta = json.loads((trained / "model" / "meta.json").read_text())
-    assert meta["step"] == 6 and meta["seed"] == 0
+    assert meta["step"] == 6 and meta["seed"] == 0 and meta["train_seconds"] > 0
+    assert meta["cpu"] == cpu_model()  # a time says little without its CPU
     grid = Image.open(trained / "counterfactuals.png")
     assert grid.size[0] > 4 * 16 and grid.size[1] > 4 * 16
     assert sorted(p.name for p in (trained / "samples").iterdir()) == ["step_0000003.png", "step_0000006.png"]

@@ -214,6 +214,7 @@ def test_cgn_overrides_retrain_the_cgn_and_are_reported(bench: tuple[Path, dict]
     (["--cgn-set", "train.batch_size=many"], "train.batch_size"),
     (["--cgn-set", "train.steps=6000"], "--cgn-set train.steps=6000: the bench sets this field; use --cgn-steps"),
     (["--cgn-set", "train.precision=bf16"], "the bench sets this field; use --precision"),
+    (["--cgn-set", "train.sample_every=100"], "the bench sets this field; the table trains without sample grids"),
     (["--precision", "fp16"], "Invalid value for '--precision'"),
 ])
 def test_bad_choices_are_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:
