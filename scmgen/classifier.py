@@ -62,26 +62,6 @@ def heads_from_checkpoint(path: str | Path) -> dict[str, int]:
     return heads
 
 
-def batchnorm_affine(norm: nn.BatchNorm2d, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`norm(x)` as a per-channel `scale * x + shift`, with the statistics `norm` would use (the
-    batch's in training, where the running ones are updated as `norm` updates them)."""
-    if norm.training or not norm.track_running_stats:
-        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
-        if norm.training and norm.track_running_stats:
-            with torch.no_grad():
-                norm.num_batches_tracked += 1
-                momentum = norm.momentum if norm.momentum is not None else 1 / float(norm.num_batches_tracked)
-                n = x.numel() // x.shape[1]
-                norm.running_mean.lerp_(mean, momentum)
-                norm.running_var.lerp_(var * n / max(n - 1, 1), momentum)
-    else:
-        mean, var = norm.running_mean, norm.running_var
-    scale = torch.rsqrt(var + norm.eps)
-    scale = scale * norm.weight if norm.affine else scale
-    shift = -mean * scale + (norm.bias if norm.affine else 0)
-    return scale, shift
-
-
 class ReferenceCNN(nn.Sequential):
     """The reference MNIST classifier's feature extractor (64 features per image), its layers and
     state-dict keys as `nn.Sequential` lays them out.
@@ -105,9 +85,26 @@ class ReferenceCNN(nn.Sequential):
             nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         )
 
+    def input_affine(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input batch norm as a per-channel `scale * x + shift`, with the statistics it would
+        use: the batch's in training (updating the running ones as `nn.BatchNorm2d` does), else
+        the running ones."""
+        norm = self[0]
+        if norm.training:
+            var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+            with torch.no_grad():
+                n = x.numel() // x.shape[1]
+                norm.num_batches_tracked += 1
+                norm.running_mean.lerp_(mean, norm.momentum)
+                norm.running_var.lerp_(var * n / max(n - 1, 1), norm.momentum)  # unbiased, as BatchNorm2d
+        else:
+            mean, var = norm.running_mean, norm.running_var
+        scale = torch.rsqrt(var + norm.eps) * norm.weight
+        return scale, norm.bias - mean * scale
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        norm, conv = self[0], self[1]
-        scale, shift = batchnorm_affine(norm, x)
+        conv = self[1]
+        scale, shift = self.input_affine(x)
         y = F.conv2d(x, conv.weight * scale.view(1, -1, 1, 1), conv.bias, conv.stride, conv.padding)
         constant = shift.view(1, -1, 1, 1).expand(1, -1, *x.shape[2:])
         y = y + F.conv2d(constant, conv.weight, None, conv.stride, conv.padding)
