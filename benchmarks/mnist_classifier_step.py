@@ -28,20 +28,19 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from report import publish  # noqa: E402
 
-from scmgen.classifier import InvariantClassifier  # noqa: E402
+from scmgen.classifier import InvariantClassifier, heads_from_spec  # noqa: E402
 from scmgen.classify import TensorImages, train_classifier  # noqa: E402
-from scmgen.cli import resolve_graph  # noqa: E402
 from scmgen.data import load_dataset  # noqa: E402
 from scmgen.provenance import run_metadata  # noqa: E402
-from scmgen.spec import parse_spec, read_yaml  # noqa: E402
+from scmgen.table1 import graph_spec  # noqa: E402
 
 FORMS = ("sequential", "folded")
 
 
 def classifier(form: str, heads: int) -> InvariantClassifier:
     """The table's classifier; `sequential` runs its backbone's layers one after another."""
-    names = ["shape", "texture", "background"][:heads]
-    model = InvariantClassifier("mnist.cnn", {name: 10 for name in names})
+    all_heads = heads_from_spec(graph_spec("colored")[1])  # shape, texture, background: 10 classes each
+    model = InvariantClassifier("mnist.cnn", dict(list(all_heads.items())[:heads]))
     if form == "sequential":
         model.backbone = nn.Sequential(*model.backbone)
     return model
@@ -55,8 +54,8 @@ def images_per_second(form: str, real: TensorImages, heads: int, precision: str,
 
 
 def training_images(count: int) -> TensorImages:
-    graph = resolve_graph("cgn_colored_mnist")
-    data = load_dataset(parse_spec(read_yaml(graph), str(graph)), str(graph), "train")
+    path, spec = graph_spec("colored")
+    data = load_dataset(spec, str(path), "train")
     return TensorImages(data.images[:count], {"label": data.labels[:count]})
 
 
