@@ -297,10 +297,12 @@ def train_classifier(model: InvariantClassifier, real: DataArg | None = None, co
             model.train()
             if rec.freeze_pretrained_bn and model.pretrained:
                 freeze_batchnorm(model)
-            if objective is not None and epoch == objective.anneal_epochs > 0:
-                opt.state.clear()  # the penalty changes the loss's scale: start the step sizes afresh
             sums: dict[str, Any] = {}
-            for _ in range(steps):
+            for step in range(steps):
+                position = epoch + step / steps  # in epochs: a penalty may switch on within one
+                if objective is not None and objective.anneal_epochs > 0 and objective.penalised(position) \
+                        and not objective.penalised(position - 1 / steps):
+                    opt.state.clear()  # the penalty changes the loss's scale: start the step sizes afresh
                 parts = [next(stream) for stream in streams]
                 images = network_input(torch.cat([p[0] for p in parts]).to(info.device, non_blocking=True))
                 labels = [{k: v.to(info.device) for k, v in p[1].items()} for p in parts]
@@ -308,7 +310,7 @@ def train_classifier(model: InvariantClassifier, real: DataArg | None = None, co
                     outputs = ddp(images)
                 outputs = {k: v.float() for k, v in outputs.items()}
                 if objective is not None:
-                    loss, stats = _environment_losses(objective, outputs, labels, epoch)
+                    loss, stats = _environment_losses(objective, outputs, labels, position)
                 else:
                     loss, stats = _losses(outputs, labels[0] if n_real else None, labels[-1] if n_cf else None, n_real)
                 opt.zero_grad(set_to_none=True)
@@ -330,7 +332,7 @@ def train_classifier(model: InvariantClassifier, real: DataArg | None = None, co
 
 
 def _environment_losses(objective: Objective, outputs: dict[str, torch.Tensor], labels: list[dict[str, torch.Tensor]],
-                        epoch: int) -> tuple[torch.Tensor, dict[str, Any]]:
+                        epoch: float) -> tuple[torch.Tensor, dict[str, Any]]:
     """Split the step's logits back into its environments and let the objective weigh them."""
     sizes = [len(lab["label"]) for lab in labels]
     batches = [EnvBatch({k: v for k, v in zip(outputs, chunk)}, lab)

@@ -12,9 +12,11 @@ Each training step sees one batch per environment (`scmgen.classify.train_classi
 - LNTL (Kim et al. 2019): ERM + a head per bias factor (colour / texture index) trained on the
   classifier's features through gradient reversal, so the features lose what predicts the bias.
 
-Penalties start after `anneal_epochs` epochs at weight 1; from then on the loss is divided by the
-weight when it exceeds 1 (as in the IRM authors' code), and the optimiser's state is reset, since
-its step sizes were tuned to the unpenalised loss (as DomainBed does).
+Penalties start after `anneal_epochs` epochs at weight 1 (a fraction switches them on within an
+epoch: the training loop passes its position in epochs, e.g. 0.5 half way through the first); from
+then on the loss is divided by the weight when it exceeds 1 (as in the IRM authors' code), and the
+optimiser's state is reset, since its step sizes were tuned to the unpenalised loss (as DomainBed
+does).
 """
 from __future__ import annotations
 
@@ -43,15 +45,19 @@ class Objective(nn.Module):
     name = "erm"
     factors: tuple[str, ...] = ()  # label columns the objective reads besides `label`
 
-    def __init__(self, weight: float = 0.0, anneal_epochs: int = 0) -> None:
+    def __init__(self, weight: float = 0.0, anneal_epochs: float = 0) -> None:
         super().__init__()
         self.weight, self.anneal_epochs = weight, anneal_epochs
 
     def attach(self, model: nn.Module) -> None:
         """Called once before training; LNTL hooks the backbone's features here."""
 
-    def penalty_weight(self, epoch: int) -> float:
-        return self.weight if epoch >= self.anneal_epochs else 1.0
+    def penalised(self, epoch: float) -> bool:
+        """Whether the penalty is on at `epoch` (the training's position in epochs)."""
+        return epoch >= self.anneal_epochs
+
+    def penalty_weight(self, epoch: float) -> float:
+        return self.weight if self.penalised(epoch) else 1.0
 
     def penalty(self, risks: torch.Tensor, batches: Sequence[EnvBatch], scaled: list[torch.Tensor]) -> torch.Tensor:
         return risks.new_zeros(())
@@ -59,7 +65,7 @@ class Objective(nn.Module):
     def combine(self, risks: torch.Tensor) -> torch.Tensor:
         return risks.mean()
 
-    def forward(self, batches: Sequence[EnvBatch], epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, batches: Sequence[EnvBatch], epoch: float) -> tuple[torch.Tensor, dict[str, float]]:
         scales = [torch.ones((), device=b.labels["label"].device, requires_grad=True) for b in batches]
         risks = torch.stack([F.cross_entropy(average_logits(b.logits).float() * s, b.labels["label"])
                              for b, s in zip(batches, scales)])
@@ -91,11 +97,11 @@ class GroupDRO(Objective):
 
     name = "groupdro"
 
-    def __init__(self, weight: float = 0.01, anneal_epochs: int = 0) -> None:
+    def __init__(self, weight: float = 0.01, anneal_epochs: float = 0) -> None:
         super().__init__(weight, 0)
         self.register_buffer("q", torch.ones(0))
 
-    def penalty_weight(self, epoch: int) -> float:
+    def penalty_weight(self, epoch: float) -> float:
         return 0.0
 
     def combine(self, risks: torch.Tensor) -> torch.Tensor:
@@ -123,7 +129,7 @@ class LNTL(Objective):
 
     name = "lntl"
 
-    def __init__(self, weight: float = 1.0, anneal_epochs: int = 0, factors: Mapping[str, int] | None = None,
+    def __init__(self, weight: float = 1.0, anneal_epochs: float = 0, factors: Mapping[str, int] | None = None,
                  features: int = 64) -> None:
         super().__init__(weight, anneal_epochs)
         if not factors:
@@ -138,12 +144,12 @@ class LNTL(Objective):
             raise UsageError("LNTL needs a classifier with a `backbone` whose output are the features")
         backbone.register_forward_hook(lambda module, args, output: setattr(self, "_features", output))
 
-    def forward(self, batches: Sequence[EnvBatch], epoch: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, batches: Sequence[EnvBatch], epoch: float) -> tuple[torch.Tensor, dict[str, float]]:
         features = self._features
         assert features is not None, "attach() the objective to the model before training"
         labels = {k: torch.cat([b.labels[k] for b in batches]) for k in ("label", *self.factors)}
         logits = torch.cat([average_logits(b.logits) for b in batches]).float()
-        strength = self.weight if epoch >= self.anneal_epochs else 0.0
+        strength = self.weight if self.penalised(epoch) else 0.0
         reversed_features = _ReverseGradient.apply(features.float(), strength)
         bias = torch.stack([F.cross_entropy(head(reversed_features), labels[f]) for f, head in self.bias_heads.items()])
         return F.cross_entropy(logits, labels["label"]) + bias.sum(), {"penalty": float(bias.detach().mean())}

@@ -46,17 +46,16 @@ class Part:
 
 def plan(settings: Settings) -> list[Part]:
     """The parts of a run, most expensive first (a CGN before everything that can wait for it)."""
-    units = Table1.UNITS
     parts: list[Part] = []
     for dataset in settings.datasets:
         for seed in settings.seeds:
             for stage in generators_needed(settings.methods):  # "cgn" before "gan"
-                parts.append(Part(dataset, seed, (stage,), (), stage, units[stage] + units[MADE_BY[stage]]))
+                parts.append(Part(dataset, seed, (stage,), (), stage, settings.units(stage) + settings.units(MADE_BY[stage])))
             groups: dict[tuple[str, ...], list[str]] = {}
             for m in settings.methods:
                 groups.setdefault(tuple(generators_needed([m])), []).append(m)
             for stages, methods in groups.items():
-                parts.append(Part(dataset, seed, stages, tuple(methods), None, Table1.classifier_units(methods)))
+                parts.append(Part(dataset, seed, stages, tuple(methods), None, settings.classifier_units(methods)))
     return sorted(parts, key=lambda p: (p.makes is None, -p.cost))
 
 

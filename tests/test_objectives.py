@@ -1,5 +1,7 @@
 """The invariance objectives of Table 1's baselines: each penalty is what its paper defines, and
 training on environments runs through the classifier's one training loop."""
+import collections
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -100,6 +102,39 @@ def test_every_objective_trains_on_environments(name: str) -> None:
                               batch_size=16, device="cpu", progress=False)
     assert result.steps == 2 * 4 and result.images == result.steps * 32  # a batch of 16 from each of 2 envs
     assert all("penalty" in h and h["loss_real"] == h["loss_real"] for h in result.history)  # not NaN
+
+
+def test_a_fractional_anneal_switches_the_penalty_on_within_an_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast recipe trains one epoch: its IRM and V-REx penalties must still switch on (after a third of
+    it), and the optimiser's step sizes restart once, there."""
+    import scmgen.classify as classify
+
+    positions: list[float] = []
+    clears: list[int] = []
+
+    class Spy(VREx):
+        def forward(self, batches, epoch):  # noqa: ANN001, ANN201
+            positions.append(epoch)
+            return super().forward(batches, epoch)
+
+    class State(collections.defaultdict):
+        def clear(self) -> None:
+            clears.append(len(positions))
+            super().clear()
+
+    def optimizer(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        opt, schedule = real_optimizer(*args, **kwargs)
+        opt.state = State(dict)
+        return opt, schedule
+
+    real_optimizer = classify._optimizer
+    monkeypatch.setattr(classify, "_optimizer", optimizer)
+    objective = Spy(weight=10.0, anneal_epochs=0.5)
+    train_classifier(InvariantClassifier("mnist.cnn", {"shape": 10}), environments=_envs(), objective=objective,
+                     recipe="mnist", epochs=1, batch_size=16, device="cpu", progress=False)
+    assert positions == [0.0, 0.25, 0.5, 0.75]  # 4 steps of a batch from each of 2 environments
+    assert [objective.penalty_weight(p) for p in positions] == [1.0, 1.0, 10.0, 10.0]
+    assert clears == [2]  # once, before the first penalised step
 
 
 def test_an_objective_that_needs_a_missing_factor_says_so() -> None:

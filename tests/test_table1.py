@@ -11,16 +11,19 @@ from click.testing import CliRunner
 from scmgen.classifier import InvariantClassifier
 from scmgen.cli import cli
 from scmgen.data import ImageSet
+from scmgen.errors import UsageError
 from scmgen.precision import resolve as resolve_precision
 from scmgen.table1 import (
     MAKER,
     METHODS,
+    RECIPES,
+    UNITS,
     Settings,
-    Table1,
     accuracy,
     cue_followed,
     per_class_rate,
     predictions,
+    random_sample,
     unreadable_classes,
 )
 from scmgen.table1_lanes import plan
@@ -66,6 +69,7 @@ def test_every_row_is_measured_and_written_with_provenance(bench: tuple[Path, di
     assert {"cgn", "gan", "counterfactuals", "gan_samples"} <= set(stages)
     assert all(s["seconds"] >= 0 and s["images_per_second"] > 0 for s in stages.values())
     table = (out / "table1.md").read_text()
+    assert f"Recipe **{payload['settings']['recipe']}**" in table and "cGAN steps: 2;" in table
     for method in METHODS.values():
         assert f"| {method.title} |" in table
     assert "(97.4 / 89.0)" in table  # the paper's Original + CGN numbers beside ours
@@ -143,7 +147,8 @@ def test_parallel_lanes_fill_the_cache_a_single_process_reads(tmp_path: Path) ->
 
 
 def test_the_lane_plan_runs_every_row_once_after_the_sets_it_reads() -> None:
-    parts = plan(Settings(seeds=[0, 1]))
+    settings = Settings(seeds=[0, 1])
+    parts = plan(settings)
     assert [p.makes for p in parts[:6]] == ["cgn"] * 6  # the longest parts start first
     rows = [(p.dataset, p.seed, m) for p in parts for m in p.methods]
     assert len(rows) == len(set(rows)) == 3 * 2 * len(METHODS)
@@ -153,8 +158,45 @@ def test_the_lane_plan_runs_every_row_once_after_the_sets_it_reads() -> None:
         assert all(MAKER[s] in p.stages for m in p.methods for s in METHODS[m].reads())
     # a mixed row (real + generated images per batch) costs two single-stream rows, times its own epochs
     rows_part = next(p for p in parts if p.makes is None and "cgn" in p.methods)
-    cgn_cost = 2 * (Settings.epochs + METHODS["cgn"].extra_epochs) / Settings.epochs
-    assert rows_part.cost == pytest.approx(Table1.UNITS["classifier"] * (cgn_cost + len(rows_part.methods) - 1))
+    others = (len(rows_part.methods) - 1) * settings.epochs
+    cgn_epochs = 2 * (settings.epochs + METHODS["cgn"].extra_epochs)
+    assert rows_part.cost == pytest.approx(UNITS["classifier"] * (cgn_epochs + others))
+    # and the budget scales the costs: the fast recipe's CGN costs half the full one's, its classifiers a third
+    fast = Settings.from_recipe("fast", seeds=[0, 1])
+    assert fast.units("cgn") == pytest.approx(settings.units("cgn") * RECIPES["fast"]["cgn_steps"] / 4000)
+    assert fast.classifier_units(["original"]) == pytest.approx(settings.classifier_units(["original"]) / 3)
+
+
+@pytest.mark.parametrize("bf16_units", [True, False])
+def test_auto_picks_the_recipe_that_fits_the_hour_and_options_override_it(
+        bf16_units: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: bf16_units)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    picked = Settings.from_recipe("auto")
+    assert picked.recipe == ("full" if bf16_units else "fast")
+    assert (picked.cgn_steps, picked.gan_steps, picked.epochs) == tuple(
+        RECIPES[picked.recipe][k] for k in ("cgn_steps", "gan_steps", "epochs"))
+    # fp32 asked for on a CPU with bf16 units is as slow as a CPU without them
+    assert Settings.from_recipe("auto", precision="fp32").recipe == "fast"
+    assert Settings.from_recipe("auto", device="cuda").recipe == "full"
+    mixed = Settings.from_recipe("fast", epochs=3, gan_steps=None)
+    assert (mixed.recipe, mixed.epochs, mixed.cgn_steps, mixed.gan_steps) == ("fast", 3, 2000, 1000)
+    with pytest.raises(UsageError, match="--recipe quick"):
+        Settings.from_recipe("quick")
+    # the CLI's help states the recipes' numbers
+    help_text = " ".join(CliRunner().invoke(cli, ["bench", "table1", "--help"]).output.split())
+    full, fast = RECIPES["full"], RECIPES["fast"]
+    assert f"full (CGN {full['cgn_steps']} steps" in help_text and f"classifier {full['epochs']} epochs)" in help_text
+    assert f"fast ({fast['cgn_steps']}, {fast['gan_steps']}, {fast['epochs']})" in help_text
+
+
+def test_training_accuracy_reads_a_fixed_random_sample_of_the_training_set() -> None:
+    data = ImageSet(torch.zeros(50, 1, 2, 2, dtype=torch.uint8), torch.arange(50))
+    sample = random_sample(data, 20)
+    assert len(sample) == 20 and len(set(sample.labels.tolist())) == 20  # without replacement
+    assert sample.labels.tolist() != list(range(20))  # drawn from the whole set, not its head
+    assert torch.equal(random_sample(data, 20).labels, sample.labels)  # the same draw every time
+    assert random_sample(data, 60) is data
 
 
 def test_a_changed_setting_recomputes_only_what_depends_on_it(bench: tuple[Path, dict]) -> None:
