@@ -29,7 +29,7 @@ from scmgen.table1 import (
 from scmgen.table1_lanes import plan
 
 TINY_ANY_LANES = ["--datasets", "double_colored", "--cgn-steps", "2", "--gan-steps", "2", "--counterfactuals", "100",
-                  "--epochs", "1", "--batch-size", "16", "--limit", "200", "--quiet"]
+                  "--epochs", "1", "--cf-extra-epochs", "1", "--batch-size", "16", "--limit", "200", "--quiet"]
 TINY = [*TINY_ANY_LANES, "--workers", "1"]  # in this process: monkeypatches reach it
 
 
@@ -58,8 +58,14 @@ def test_every_row_is_measured_and_written_with_provenance(bench: tuple[Path, di
     # counterfactual-only classifier has the shape head alone
     assert rows["cgn"]["0"]["heads"] == ["shape", "texture", "background"]
     assert rows["cgn_only"]["0"]["heads"] == ["shape"] and rows["cgn"]["0"]["target_head"] == "shape"
-    # --epochs 1: the invariant classifier trains its extra epoch(s), the other rows the table's one
-    assert len(rows["cgn"]["0"]["history"]) == 1 + METHODS["cgn"].extra_epochs > len(rows["cgn_only"]["0"]["history"])
+    # --epochs 1 --cf-extra-epochs 1: the rows that read counterfactuals train 2 epochs, the invariant classifier
+    # its own extra epoch(s) on top, the other rows the table's one; the table says so
+    epochs = {k: len(r["0"]["history"]) for k, r in rows.items()}
+    assert epochs["cgn"] == 2 + METHODS["cgn"].extra_epochs > epochs["cgn_only"] == epochs["oracle"] == 2
+    assert {n for k, n in epochs.items() if k not in ("cgn", "cgn_only", "oracle")} == {1}
+    text = " ".join((out / "table1.md").read_text().split())
+    assert f"1 epochs (reference: 10), except {METHODS['cgn'].title}: {epochs['cgn']};" in text
+    assert "the rows that read counterfactuals train 1 more" in text
     for field in ("commit", "command", "seeds", "device", "torch", "wall_seconds", "settings"):
         assert field in payload
     # --precision auto is recorded as what ran, and every trained graph ran in it
@@ -161,10 +167,14 @@ def test_the_lane_plan_runs_every_row_once_after_the_sets_it_reads() -> None:
     others = (len(rows_part.methods) - 1) * settings.epochs
     cgn_epochs = 2 * (settings.epochs + METHODS["cgn"].extra_epochs)
     assert rows_part.cost == pytest.approx(UNITS["classifier"] * (cgn_epochs + others))
-    # and the budget scales the costs: the fast recipe's CGN costs half the full one's, its classifiers a third
+    # and the budget scales the costs: the fast recipe's CGN costs half the full one's, its baselines a third,
+    # and its rows that read counterfactuals train its extra epoch
     fast = Settings.from_recipe("fast", seeds=[0, 1])
     assert fast.units("cgn") == pytest.approx(settings.units("cgn") * RECIPES["fast"]["cgn_steps"] / 4000)
     assert fast.classifier_units(["original"]) == pytest.approx(settings.classifier_units(["original"]) / 3)
+    assert fast.classifier_units(["oracle"]) == pytest.approx(UNITS["classifier"] * (1 + fast.cf_extra_epochs))
+    assert fast.classifier_units(["cgn"]) == pytest.approx(
+        UNITS["classifier"] * 2 * (1 + fast.cf_extra_epochs + METHODS["cgn"].extra_epochs))
 
 
 @pytest.mark.parametrize("bf16_units", [True, False])
@@ -174,20 +184,22 @@ def test_auto_picks_the_recipe_that_fits_the_hour_and_options_override_it(
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     picked = Settings.from_recipe("auto")
     assert picked.recipe == ("full" if bf16_units else "fast")
-    assert (picked.cgn_steps, picked.gan_steps, picked.epochs) == tuple(
-        RECIPES[picked.recipe][k] for k in ("cgn_steps", "gan_steps", "epochs"))
+    assert (picked.cgn_steps, picked.gan_steps, picked.epochs, picked.cf_extra_epochs) == tuple(
+        RECIPES[picked.recipe][k] for k in ("cgn_steps", "gan_steps", "epochs", "cf_extra_epochs"))
     # fp32 asked for on a CPU with bf16 units is as slow as a CPU without them
     assert Settings.from_recipe("auto", precision="fp32").recipe == "fast"
     assert Settings.from_recipe("auto", device="cuda").recipe == "full"
-    mixed = Settings.from_recipe("fast", epochs=3, gan_steps=None)
-    assert (mixed.recipe, mixed.epochs, mixed.cgn_steps, mixed.gan_steps) == ("fast", 3, 2000, 1000)
+    mixed = Settings.from_recipe("fast", epochs=3, gan_steps=None, cf_extra_epochs=0)
+    assert (mixed.recipe, mixed.epochs, mixed.cgn_steps, mixed.gan_steps, mixed.cf_extra_epochs) == (
+        "fast", 3, RECIPES["fast"]["cgn_steps"], RECIPES["fast"]["gan_steps"], 0)
     with pytest.raises(UsageError, match="--recipe quick"):
         Settings.from_recipe("quick")
     # the CLI's help states the recipes' numbers
     help_text = " ".join(CliRunner().invoke(cli, ["bench", "table1", "--help"]).output.split())
     full, fast = RECIPES["full"], RECIPES["fast"]
     assert f"full (CGN {full['cgn_steps']} steps" in help_text and f"classifier {full['epochs']} epochs)" in help_text
-    assert f"fast ({fast['cgn_steps']}, {fast['gan_steps']}, {fast['epochs']})" in help_text
+    assert (f"fast ({fast['cgn_steps']}, {fast['gan_steps']}, {fast['epochs']}; the rows that read counterfactuals "
+            f"{fast['cf_extra_epochs']} more)") in help_text and full["cf_extra_epochs"] == 0
 
 
 def test_training_accuracy_reads_a_fixed_random_sample_of_the_training_set() -> None:
