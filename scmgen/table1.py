@@ -691,8 +691,8 @@ def markdown(payload: dict[str, Any]) -> str:
               f"batch {settings['batch_size']}, "
               f"{settings['epochs']} epochs (reference: 10){f', except {own_epochs}' if own_epochs else ''}"
               + (f" (the rows that read counterfactuals train {cf_extra} more: at the recipe's epochs they underfit "
-                 "their training sets, while Original and Original + GAN fit theirs; the invariance penalties gain "
-                 "from more epochs too, see the full recipe's table)" if cf_extra else "")
+                 "their training sets, while Original and Original + GAN fit theirs; on colored MNIST the invariance "
+                 "penalties gain from more epochs too: README, Recipes)" if cf_extra else "")
               + f", precision {settings['precision']}; Original + CGN: the "
               "invariant classifier, a head per intervened label (shape, texture, background) whose mean logits "
               "train on real images, the shape head read; counterfactuals only: the shape head alone, as the "
