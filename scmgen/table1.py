@@ -507,7 +507,13 @@ class Table1:
         for c in unreadable_classes(per_class):
             self.console.print(f"[yellow]warning[/] {DATASETS[dataset].title} seed {seed}: only "
                                f"{100 * per_class[c]:.0f}% of the do(shape={c}) counterfactuals read as {c}; "
-                               f"its mechanism probably collapsed (see {self.out / dataset}.png)")
+                               f"its mechanism probably collapsed (see {self._grid(dataset, seed)})")
+
+    def _grid(self, dataset: str, seed: int) -> str:
+        """Where the counterfactual grid of `seed`'s CGN is: the data set's PNG shows the first seed only."""
+        if seed == self.s.seeds[0]:
+            return f"{self.out / dataset}.png"
+        return f"counterfactuals.png in {self.cache / dataset / f'seed{seed}'}/cgn-*/"
 
     def _record(self, dataset: str, seed: int, stage: str, info: dict[str, Any]) -> None:
         self.records.setdefault(dataset, {}).setdefault("stages", {}).setdefault(str(seed), {})[stage] = info

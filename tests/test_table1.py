@@ -1,5 +1,6 @@
 """`scmgen bench table1` on a tiny budget: every row of the table runs through the engine, the
 result files carry their provenance, and a rerun reuses every cached stage."""
+import io
 import json
 import shutil
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from rich.console import Console
 
 from scmgen.classifier import InvariantClassifier
 from scmgen.cli import cli
@@ -19,6 +21,7 @@ from scmgen.table1 import (
     RECIPES,
     UNITS,
     Settings,
+    Table1,
     accuracy,
     cue_followed,
     per_class_rate,
@@ -329,3 +332,16 @@ def test_settings_refuse_an_override_of_a_field_the_bench_sets() -> None:
         with pytest.raises(UsageError, match=f"the bench sets this field; use {option}"):
             Settings(datasets=["colored"], cgn_overrides=[override]).check()
     Settings(datasets=["colored"], cgn_overrides=["train.ema=0.99"]).check()  # any other field is fine
+
+
+def test_a_collapse_warning_points_to_the_grid_of_its_own_seed(tmp_path: Path) -> None:
+    text = io.StringIO()
+    table = Table1(Settings(seeds=[0, 2]), tmp_path, progress=False, console=Console(file=text, width=400),
+                   writes=False)
+    row = {"counterfactual_shape_fidelity_per_class": [0.9] * 4 + [0.1] + [0.9] * 5}
+    for seed in (0, 2):
+        table._warn_unreadable("wildlife", seed, row)
+    first, other = text.getvalue().splitlines()
+    assert "seed 0: only 10% of the do(shape=4)" in first and f"{tmp_path / 'wildlife'}.png" in first
+    # the data set's PNG shows the first seed only: a later seed's warning names its own CGN's grid
+    assert "seed 2" in other and f"counterfactuals.png in {tmp_path / 'cache' / 'wildlife' / 'seed2'}/cgn-*/" in other
