@@ -31,12 +31,12 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.ceiling import load_cgn, real_sets, train_ceiling  # noqa: E402
 from benchmarks.real_half_shortcut import train_variant  # noqa: E402
 from benchmarks.report import publish  # noqa: E402
-from scmgen.classify import counterfactual_set  # noqa: E402
+from scmgen.classify import accuracy, counterfactual_set, predictions  # noqa: E402
 from scmgen.data import load_dataset  # noqa: E402
 from scmgen.noise import parse_truncation  # noqa: E402
 from scmgen.provenance import run_metadata  # noqa: E402
 from scmgen.sampling import generate_dataset  # noqa: E402
-from scmgen.table1 import DATASETS, Settings, accuracy, graph_spec, predictions  # noqa: E402
+from scmgen.table1 import DATASETS, Settings, graph_spec  # noqa: E402
 
 VARIANTS = ("counterfactuals only", "three heads")
 

@@ -22,8 +22,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.ceiling import real_sets, train_ceiling  # noqa: E402
 from benchmarks.report import publish  # noqa: E402
+from scmgen.classify import predictions  # noqa: E402
 from scmgen.provenance import run_metadata  # noqa: E402
-from scmgen.table1 import Settings, predictions  # noqa: E402
+from scmgen.table1 import Settings  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

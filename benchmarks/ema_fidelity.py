@@ -25,10 +25,10 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.ceiling import add_arguments, real_sets, train_ceiling  # noqa: E402
 from benchmarks.report import publish  # noqa: E402
 from scmgen.classifier import InvariantClassifier  # noqa: E402
+from scmgen.classify import per_class_rate, predictions  # noqa: E402
 from scmgen.data import to_uint8  # noqa: E402
 from scmgen.model import SCM  # noqa: E402
 from scmgen.provenance import run_metadata  # noqa: E402
-from scmgen.table1 import per_class_rate, predictions  # noqa: E402
 
 
 def fidelity(ceiling: InvariantClassifier, cgn: SCM, per_class: int, seed: int) -> tuple[float, list[float]]:

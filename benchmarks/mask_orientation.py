@@ -29,12 +29,12 @@ from benchmarks.ceiling import add_arguments, real_sets, train_ceiling  # noqa: 
 from benchmarks.report import publish  # noqa: E402
 from mechanisms.mnist.generators import TextureGenerator  # noqa: E402
 from scmgen.classifier import InvariantClassifier  # noqa: E402
-from scmgen.classify import counterfactual_set, train_classifier  # noqa: E402
+from scmgen.classify import accuracy, counterfactual_set, train_classifier  # noqa: E402
 from scmgen.data import ImageSet  # noqa: E402
 from scmgen.model import SCM  # noqa: E402
 from scmgen.provenance import run_metadata  # noqa: E402
 from scmgen.sampling import generate_dataset  # noqa: E402
-from scmgen.table1 import Settings, accuracy  # noqa: E402
+from scmgen.table1 import Settings  # noqa: E402
 
 
 def cnn(cf: object, epochs: int, seed: int) -> InvariantClassifier:

@@ -27,10 +27,11 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.ceiling import load_cgn, real_sets, train_ceiling  # noqa: E402
 from benchmarks.report import publish  # noqa: E402
+from scmgen.classify import per_class_rate, predictions  # noqa: E402
 from scmgen.data import ImageSet, to_float, to_uint8  # noqa: E402
 from scmgen.model import SCM  # noqa: E402
 from scmgen.provenance import run_metadata  # noqa: E402
-from scmgen.table1 import DATASETS, graph_spec, per_class_rate, predictions  # noqa: E402
+from scmgen.table1 import DATASETS, graph_spec  # noqa: E402
 
 # (row, where the mask comes from, where the object and background layers come from)
 ROWS = (("CGN: every mechanism", "cgn", "cgn"), ("true mask, CGN textures", "true", "cgn"),

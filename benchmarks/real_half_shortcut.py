@@ -37,11 +37,11 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import publish  # noqa: E402
 from scmgen.classifier import InvariantClassifier, heads_from_spec  # noqa: E402
-from scmgen.classify import TensorImages, counterfactual_set, train_classifier  # noqa: E402
+from scmgen.classify import TensorImages, accuracy, counterfactual_set, predictions, train_classifier  # noqa: E402  # noqa: E402
 from scmgen.data import ImageSet, load_dataset  # noqa: E402
 from scmgen.objectives import make_objective  # noqa: E402
 from scmgen.provenance import run_metadata  # noqa: E402
-from scmgen.table1 import DATASETS, Settings, accuracy, cue_followed, graph_spec, predictions  # noqa: E402
+from scmgen.table1 import DATASETS, Settings, cue_followed, graph_spec  # noqa: E402
 
 VARIANTS = ("counterfactuals only", "real half", "three heads", "domain-adversarial")
 

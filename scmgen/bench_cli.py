@@ -42,6 +42,9 @@ def bench_group() -> None:
 @click.option("--cgn-set", "cgn_overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a field of the CGN graphs, e.g. --cgn-set losses.gan.critic.plugin=mnist.conv "
                    "(repeatable; for ablations: the stages are cached per override).")
+@click.option("--cgn-max-steps", type=click.IntRange(1), default=None,
+              help="A CGN whose masks of some digit a classifier of MNIST's real masks cannot read trains on, half "
+                   "its steps at a time, up to this many steps (default: twice --cgn-steps; as many: check only).")
 @click.option("--gan-steps", type=click.IntRange(1), default=None, help="cGAN training steps (default: the recipe's).")
 @click.option("--counterfactuals", "n_counterfactuals", type=click.IntRange(10), default=50_000, show_default=True,
               help="Images in each counterfactual set and each cGAN sample set (reference: 100000).")
@@ -67,7 +70,7 @@ def bench_group() -> None:
                    "at most 4; 1 on a GPU). Results depend on the threads per lane (summation order).")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def table1_command(datasets: str, methods: str, seeds: str, out: str, recipe: str, cgn_steps: int | None,
-                   cgn_overrides: tuple[str, ...], gan_steps: int | None,
+                   cgn_max_steps: int | None, cgn_overrides: tuple[str, ...], gan_steps: int | None,
                    n_counterfactuals: int, per_shape: int, epochs: int | None, cf_extra_epochs: int | None, lr: float,
                    batch_size: int, precision: str, limit: int | None,
                    device: str, workers: int | None, quiet: bool) -> None:
@@ -83,14 +86,16 @@ def table1_command(datasets: str, methods: str, seeds: str, out: str, recipe: st
     from scmgen.table1_lanes import default_workers, run_lanes
 
     settings = Settings.from_recipe(recipe, datasets=_names(datasets), methods=_names(methods), seeds=_ints(seeds),
-                                    cgn_steps=cgn_steps, cgn_overrides=list(cgn_overrides), gan_steps=gan_steps,
+                                    cgn_steps=cgn_steps, cgn_max_steps=cgn_max_steps,
+                                    cgn_overrides=list(cgn_overrides), gan_steps=gan_steps,
                                     counterfactuals=n_counterfactuals, per_shape=per_shape, epochs=epochs,
                                     cf_extra_epochs=cf_extra_epochs, lr=lr,
                                     batch_size=batch_size, precision=precision, limit=limit, device=device)
     if not quiet:
         why = {"full": "a GPU or bf16 units", "fast": "a CPU without bf16 units: fp32"}[settings.recipe]
         click.echo(f"recipe {settings.recipe}" + (f" (auto: {why})" if recipe == "auto" else "")
-                   + f": CGN {settings.cgn_steps} steps, cGAN {settings.gan_steps or 'its graph'} steps, classifiers "
+                   + f": CGN {settings.cgn_steps} steps (up to {settings.cgn_steps_at_most()} when a digit's masks are "
+                   "unreadable), cGAN {settings.gan_steps or 'its graph'} steps, classifiers "
                    f"{settings.epochs} epoch(s) (counterfactuals only and the ceiling: {settings.row_epochs('cgn_only')}, "
                    f"Original + CGN: {settings.row_epochs('cgn')})", err=True)
     workers = workers or default_workers(device)

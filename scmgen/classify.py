@@ -198,6 +198,31 @@ def network_input(images: torch.Tensor) -> torch.Tensor:
     return to_float(images).contiguous(memory_format=torch.channels_last)
 
 
+@torch.inference_mode()
+def predictions(model: InvariantClassifier, images: torch.Tensor, precision: str = "auto", device: str = "cpu",
+                batch_size: int = 1000) -> torch.Tensor:
+    """The target head's class for each uint8 image (for one-head classifiers: that head's)."""
+    model.eval().to(device, memory_format=torch.channels_last)
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = network_input(images[start:start + batch_size].to(device))
+        with autocast(device, precision):
+            out.append(model(batch)[model.target_head].argmax(1).cpu())
+    return torch.cat(out)
+
+
+def accuracy(model: InvariantClassifier, data: ImageSet, precision: str = "auto", device: str = "cpu") -> float:
+    """Top-1 of the target head on `data`."""
+    return int((predictions(model, data.images, precision, device) == data.labels).sum()) / len(data)
+
+
+def per_class_rate(hits: torch.Tensor, labels: torch.Tensor, classes: int = 10) -> list[float]:
+    """The share of hits within each true class: a class whose counterfactuals are unreadable (a
+    collapsed mask) shows up here while the mean hides it."""
+    return [round(float(hits[labels == c].float().mean()), 4) if (labels == c).any() else float("nan")
+            for c in range(classes)]
+
+
 # -- training --------------------------------------------------------------------------------
 @dataclass
 class TrainResult:

@@ -13,6 +13,7 @@ table1.md are rewritten after every classifier, so a partial table is always on 
 """
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import json
@@ -30,18 +31,18 @@ from rich.console import Console
 
 from scmgen.checkpoint import atomic_write_text, read_json
 from scmgen.classifier import InvariantClassifier, heads_from_spec
-from scmgen.classify import counterfactual_set, network_input, train_classifier
+from scmgen.classify import accuracy, counterfactual_set, per_class_rate, predictions, train_classifier
 from scmgen.data import ImageSet, load_dataset, to_float
 from scmgen.errors import UsageError
 from scmgen.images import grid_image, save_image_atomic
 from scmgen.model import SCM
 from scmgen.objectives import make_objective
-from scmgen.precision import autocast
 from scmgen.precision import resolve as resolve_precision
 from scmgen.progress import progress_bar
 from scmgen.provenance import git_commit, run_metadata
 from scmgen.sampling import counterfactual_grid, generate_dataset, random_weights_note
 from scmgen.spec import GraphSpec, apply_overrides, parse_spec, read_yaml
+from scmgen.trainer import TrainResult
 from scmgen.training_run import has_checkpoint, train_run
 
 GRAPHS = Path(__file__).resolve().parent.parent / "graphs"
@@ -218,6 +219,9 @@ class Settings:
     recipe: str = "full"  # the RECIPES entry the budget below came from (options may have changed it)
     cgn_steps: int | None = RECIPES["full"]["cgn_steps"]  # None: the graph's own train.steps
     cgn_overrides: list[str] = field(default_factory=list)  # `--set` items for the CGN graphs (ablations)
+    # a CGN whose masks of some class the mask reader cannot read trains on, half its steps at a time, up to this
+    # many steps (None: twice its steps; its own steps: check only)
+    cgn_max_steps: int | None = None
     gan_steps: int | None = RECIPES["full"]["gan_steps"]
     counterfactuals: int = 50_000  # the classifier sees 50k counterfactuals per epoch at half of each batch
     per_shape: int = 10  # counterfactuals per mask (the reference: 10, i.e. 10k distinct masks in 100k images)
@@ -241,9 +245,16 @@ class Settings:
 
     def units(self, stage: str) -> float:
         """The relative cost of a generator stage or generated set (UNITS)."""
-        steps = {"cgn": self.cgn_steps or graph_steps(DATASETS[self.datasets[0]].graph),
-                 "gan": self.gan_steps or graph_steps("cgan_mnist")}
+        steps = {"cgn": self.cgn_steps_planned(), "gan": self.gan_steps or graph_steps("cgan_mnist")}
         return UNITS[stage] * steps.get(stage, 1)
+
+    def cgn_steps_planned(self) -> int:
+        """The steps a CGN trains unless its mask check finds an unreadable class."""
+        return self.cgn_steps or graph_steps(DATASETS[self.datasets[0]].graph)
+
+    def cgn_steps_at_most(self) -> int:
+        """The steps a CGN with an unreadable class trains on to (Settings.cgn_max_steps)."""
+        return self.cgn_max_steps if self.cgn_max_steps is not None else 2 * self.cgn_steps_planned()
 
     def classifier_units(self, methods: Iterable[str]) -> float:
         """The relative cost of training the rows `methods` (Method.cost)."""
@@ -262,6 +273,9 @@ class Settings:
                 raise UsageError(f"{what} {','.join(chosen)}: expected a comma-separated list of {', '.join(known)}")
         if not self.seeds:
             raise UsageError("--seeds: expected at least one seed, e.g. 0,1,2")
+        if self.cgn_steps_at_most() < self.cgn_steps_planned():
+            raise UsageError(f"--cgn-max-steps {self.cgn_max_steps}: expected at least the CGN's "
+                             f"{self.cgn_steps_planned()} steps (as many: check its masks, never train on)")
         for override in self.cgn_overrides:  # each stage sets these after the overrides: refuse, not ignore
             key, eq, _ = override.partition("=")
             if eq and key.strip() in BENCH_OWNED:
@@ -344,24 +358,75 @@ class Table1:
         # the graph's content is part of the key: an edited recipe must not reuse a model trained on the old
         # one, while an edited comment keeps it
         content = json.dumps(read_yaml(path), sort_keys=True, default=str).encode()
+        checked = {"max_steps": self.s.cgn_steps_at_most()} if stage == "cgn" else {}
         folder, params = self._stage_dir(dataset, seed, stage, graph=graph, overrides=overrides,
-                                         graph_content_sha256=hashlib.sha256(content).hexdigest()[:16])
+                                         graph_content_sha256=hashlib.sha256(content).hexdigest()[:16], **checked)
         cached = _cached(folder, self.lanes_started)
         if cached:
             self._record(dataset, seed, stage, cached)
             return SCM.from_pretrained(folder / "model", self.s.device), folder
         self._announce(dataset, seed, f"train {graph}", self.s.units(stage))
-        model = SCM.from_yaml(path, overrides)
         start = time.perf_counter()
-        result = train_run(model, path, folder, resume=has_checkpoint(folder), progress=self.progress)
-        if result.interrupted:
-            raise KeyboardInterrupt
-        info = {"seconds": round(time.perf_counter() - start, 1), "steps": result.step, "params": params,
-                "images_per_second": round(result.step * model.spec.train.batch_size / result.seconds, 1)}
+        model, result = self._fit(path, folder, overrides)
+        info: dict[str, Any] = {"params": params}
+        train_seconds = result.seconds
+        if stage == "cgn":
+            model, result, info["mask_checks"], more = self._train_until_readable(dataset, seed, path, folder,
+                                                                                   overrides, model, result)
+            train_seconds += more
+        info.update(seconds=round(time.perf_counter() - start, 1), steps=result.step,
+                    images_per_second=round(result.step * model.spec.train.batch_size / train_seconds, 1))
         _write_stage(folder, info)
         self._record(dataset, seed, stage, info)
         self._finish_unit()
         return model.eval(), folder
+
+    def _fit(self, path: Path, folder: Path, overrides: list[str]) -> tuple[SCM, TrainResult]:
+        """Train the graph at `path` into `folder` to its steps, from the folder's last checkpoint if it has one."""
+        model = SCM.from_yaml(path, overrides)
+        result = train_run(model, path, folder, resume=has_checkpoint(folder), progress=self.progress)
+        if result.interrupted:
+            raise KeyboardInterrupt
+        return model, result
+
+    def _train_until_readable(self, dataset: str, seed: int, path: Path, folder: Path, overrides: list[str],
+                              model: SCM, result: TrainResult) -> tuple[SCM, TrainResult, list[dict[str, Any]], float]:
+        """Read the trained CGN's masks (mechanisms.mnist.mask_reader); while a class is unreadable and
+        Settings.cgn_max_steps allows, train on from the last checkpoint, half the planned steps at a time.
+        Returns the model, its last training result, every check and the seconds trained on."""
+        from mechanisms.mnist.mask_reader import mask_readability
+
+        planned, most = self.s.cgn_steps_planned(), self.s.cgn_steps_at_most()
+        chunk, checks, seconds = max(1, planned // 2), [], 0.0
+        reader, reader_accuracy = self._mask_reader
+        while True:
+            per_class = mask_readability(model, reader, precision=self.s.precision, device=self.s.device)
+            checks.append({"step": result.step, "per_class": per_class, "unreadable": unreadable_classes(per_class),
+                           "reader_test_accuracy": reader_accuracy})
+            if not checks[-1]["unreadable"] or result.step >= most:
+                return model, result, checks, seconds
+            target = min(most, planned + chunk * ((result.step - planned) // chunk + 1))
+            self.console.print(f"[yellow]warning[/] {DATASETS[dataset].title} seed {seed}: at step {result.step} the "
+                               f"CGN's masks of {_unreadable(checks[-1])}; training on to step {target}")
+            model, result = self._fit(path, folder, [*overrides, f"train.steps={target}"])
+            seconds += result.seconds
+
+    @functools.cached_property
+    def _mask_reader(self) -> tuple[InvariantClassifier, float]:
+        """The digit classifier that reads CGN masks and its test accuracy, trained once per cache (lanes wait
+        for the one that trains it)."""
+        from mechanisms.mnist.mask_reader import READER_EPOCHS, READER_LR, train_mask_reader
+
+        folder = self.cache / f"mask_reader-{_key(epochs=READER_EPOCHS, lr=READER_LR, limit=self.s.limit)}"
+        self.cache.mkdir(parents=True, exist_ok=True)
+        with open(self.cache / "mask_reader.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (folder / "meta.json").exists():
+                reader, test_accuracy = train_mask_reader(limit=self.s.limit, device=self.s.device,
+                                                          precision=self.s.precision)
+                reader.save_pretrained(folder, {"test_accuracy": test_accuracy, "limit": self.s.limit})
+        reader = InvariantClassifier.from_pretrained(folder, self.s.device)
+        return reader, reader.meta["test_accuracy"]
 
     def _generate(self, dataset: str, seed: int, stage: str, trained: tuple[SCM, Path], per_shape: int) -> Path:
         model, model_stage = trained
@@ -561,24 +626,6 @@ def _pool(sets: list[ImageSet]) -> ImageSet:
                     {k: torch.cat([s.factors[k] for s in sets]) for k in sets[0].factors})
 
 
-@torch.inference_mode()
-def predictions(model: InvariantClassifier, images: torch.Tensor, precision: str = "auto", device: str = "cpu",
-                batch_size: int = 1000) -> torch.Tensor:
-    """The target head's class for each uint8 image (for one-head classifiers: that head's)."""
-    model.eval().to(device, memory_format=torch.channels_last)
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = network_input(images[start:start + batch_size].to(device))
-        with autocast(device, precision):
-            out.append(model(batch)[model.target_head].argmax(1).cpu())
-    return torch.cat(out)
-
-
-def accuracy(model: InvariantClassifier, data: ImageSet, precision: str = "auto", device: str = "cpu") -> float:
-    """Top-1 of the target head on `data`."""
-    return int((predictions(model, data.images, precision, device) == data.labels).sum()) / len(data)
-
-
 def cue_followed(predicted: torch.Tensor, data: ImageSet) -> dict[str, float]:
     """Per nuisance factor (colour / texture / background): the share of images classified as that
     factor's class where it is not the digit's, i.e. which shortcut a classifier's mistakes follow."""
@@ -586,18 +633,18 @@ def cue_followed(predicted: torch.Tensor, data: ImageSet) -> dict[str, float]:
             for f, v in data.factors.items() if f != "shape"}
 
 
-def per_class_rate(hits: torch.Tensor, labels: torch.Tensor, classes: int = 10) -> list[float]:
-    """The share of hits within each true class: a class whose counterfactuals are unreadable (a
-    collapsed mask) shows up here while the mean hides it."""
-    return [round(float(hits[labels == c].float().mean()), 4) if (labels == c).any() else float("nan")
-            for c in range(classes)]
-
-
 UNREADABLE = 0.5  # a class whose counterfactuals the ceiling reads as their do(shape) less often than this
 
 
 def unreadable_classes(per_class: list[float]) -> list[int]:
     return [c for c, v in enumerate(per_class) if v < UNREADABLE]
+
+
+def _unreadable(check: dict[str, Any]) -> str:
+    """'do(shape=4, 5) read as their digit 14, 47% of the time' for a mask check."""
+    classes, rates = check["unreadable"], check["per_class"]
+    return (f"do(shape={', '.join(map(str, classes))}) read as their digit "
+            f"{', '.join(f'{100 * rates[c]:.0f}' for c in classes)}% of the time")
 
 
 def mask_report(cgn: SCM) -> dict[str, list]:
@@ -687,6 +734,7 @@ def markdown(payload: dict[str, Any]) -> str:
                       f"{DATASETS[d].title} mean {' '.join(f'{v:.2f}' for v in m['coverage'])}, variation "
                       f"{' '.join(f'{v:.2f}' for v in m['variation'])}, flipped "
                       f"{', '.join(map(str, m['flipped'])) or 'none'}" for d, m in masks.items()) + "."]
+    lines += _mask_check_lines(payload, datasets)
     own_lr = "".join(f"; {m.title}: {m.lr}" for k, m in METHODS.items() if m.lr and k in settings["methods"])
     cf_extra = settings.get("cf_extra_epochs", 0)
     own_epochs = "; ".join(f"{m.title}: {n}" for k, m in METHODS.items() if k in settings["methods"]
@@ -732,6 +780,29 @@ def markdown(payload: dict[str, Any]) -> str:
               f" ({payload['device']}; {_lanes(payload)}), commit {payload['commit']}, torch {payload['torch']}.",
               f"Command: `{payload['command']}`", ""]
     return "\n".join(lines)
+
+
+def _mask_check_lines(payload: dict[str, Any], datasets: list[str]) -> list[str]:
+    """What the mask check of each CGN found, and how far it trained on."""
+    checks = {(d, seed): stages["cgn"]["mask_checks"] for d in datasets
+              for seed, stages in payload["datasets"][d].get("stages", {}).items()
+              if "mask_checks" in stages.get("cgn", {})}
+    if not checks:
+        return []
+
+    def one(check: dict[str, Any]) -> str:
+        if check["unreadable"]:
+            return f"step {check['step']}: {_unreadable(check)}"
+        lowest = min(range(len(check["per_class"])), key=check["per_class"].__getitem__)
+        return f"step {check['step']}: every class readable (lowest: {lowest}, {100 * check['per_class'][lowest]:.0f}%)"
+
+    reader_accuracy = next(iter(checks.values()))[0]["reader_test_accuracy"]
+    most = Settings(**payload["settings"]).cgn_steps_at_most()
+    return ["", f"Mask check: a digit classifier trained on MNIST's real stroke masks ({100 * reader_accuracy:.1f}% on "
+            "the test digits') reads 100 masks per do(shape) of each trained CGN; a CGN with a class under "
+            f"{100 * UNREADABLE:.0f}% trains on, half its steps at a time, up to {most} steps (`--cgn-max-steps`): "
+            + " · ".join(f"{DATASETS[d].title} seed {seed}: " + " -> ".join(map(one, c)) for (d, seed), c in checks.items())
+            + "."]
 
 
 def _lanes(payload: dict[str, Any]) -> str:

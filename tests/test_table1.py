@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from scmgen.classifier import InvariantClassifier
+from scmgen.classify import accuracy, per_class_rate, predictions
 from scmgen.cli import cli
 from scmgen.data import ImageSet
 from scmgen.errors import UsageError
@@ -22,10 +23,7 @@ from scmgen.table1 import (
     UNITS,
     Settings,
     Table1,
-    accuracy,
     cue_followed,
-    per_class_rate,
-    predictions,
     random_sample,
     unreadable_classes,
 )
@@ -96,6 +94,54 @@ def test_every_row_is_measured_and_written_with_provenance(bench: tuple[Path, di
     follows = rows["original"]["0"]["test_follows"]
     assert (f"| Original | texture {100 * follows['texture']:.1f} · background {100 * follows['background']:.1f} |"
             in table)
+
+
+def test_a_cgn_whose_masks_are_unreadable_trains_on_to_its_most_steps(bench: tuple[Path, dict]) -> None:
+    out, payload = bench
+    cgn = stages_of(payload)["cgn"]
+    # 2 steps draw no digit: the mask check trains on, half the planned steps at a time, to twice them, and stops
+    assert [c["step"] for c in cgn["mask_checks"]] == [2, 3, 4] and cgn["steps"] == 4
+    assert all(c["unreadable"] and len(c["per_class"]) == 10 for c in cgn["mask_checks"])
+    text = " ".join((out / "table1.md").read_text().split())
+    first = cgn["mask_checks"][0]
+    assert "a CGN with a class under 50% trains on, half its steps at a time, up to 4 steps" in text
+    assert (f"double-colored MNIST seed 0: step 2: do(shape={', '.join(map(str, first['unreadable']))}) read as their "
+            "digit") in text and "-> step 4: do(shape=" in text
+
+
+def test_the_mask_check_stops_training_on_once_every_digit_reads(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from mechanisms.mnist import mask_reader
+
+    reads = iter([[0.9] * 4 + [0.1] + [0.9] * 5, [0.9] * 10])
+    monkeypatch.setattr(mask_reader, "mask_readability", lambda *args, **kw: next(reads))
+    result = CliRunner().invoke(cli, ["bench", "table1", *TINY, "--methods", "cgn_only", "--cgn-steps", "4",
+                                      "--cgn-max-steps", "8", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    cgn = stages_of(json.loads((tmp_path / "table1.json").read_text()))["cgn"]
+    assert [(c["step"], c["unreadable"]) for c in cgn["mask_checks"]] == [(4, [4]), (6, [])] and cgn["steps"] == 6
+    assert json.loads((tmp_path / "cache" / "double_colored" / "seed0").glob("cgn-*/model/meta.json").__next__()
+                      .read_text())["step"] == 6
+    text = " ".join((tmp_path / "table1.md").read_text().split())
+    assert ("step 4: do(shape=4) read as their digit 10% of the time -> step 6: every class readable "
+            "(lowest: 0, 90%)") in text
+
+
+def test_the_mask_reader_reads_the_masks_drawn_under_do_shape() -> None:
+    from mechanisms.mnist.mask_reader import mask_images, mask_readability
+    from scmgen.model import SCM
+    from scmgen.table1 import GRAPHS
+
+    masks = torch.tensor([0.0, 0.5, 1.0, 2.0]).view(1, 1, 2, 2)
+    images = mask_images(masks)
+    assert images.dtype == torch.uint8 and images.shape == (1, 3, 2, 2)
+    assert images[0, :, 1, 1].tolist() == [255] * 3 and images[0, 0].flatten().tolist() == [0, 128, 255, 255]
+    reader = InvariantClassifier("mnist.cnn", {"shape": 10})
+    with torch.no_grad():  # reads every mask as a 3
+        reader.heads["shape"].weight.zero_()
+        reader.heads["shape"].bias.copy_(torch.nn.functional.one_hot(torch.tensor(3), 10).float())
+    cgn = SCM.from_yaml(GRAPHS / "cgn_double_colored_mnist.yaml").eval()
+    assert mask_readability(cgn, reader, per_class=5) == [0.0] * 3 + [1.0] + [0.0] * 6
 
 
 def test_a_rerun_reuses_every_finished_stage(bench: tuple[Path, dict]) -> None:
@@ -273,6 +319,7 @@ def test_cgn_overrides_retrain_the_cgn_and_are_reported(bench: tuple[Path, dict]
     (["--cgn-set", "train.precision=bf16"], "the bench sets this field; use --precision"),
     (["--cgn-set", "train.sample_every=100"], "the bench sets this field; the table trains without sample grids"),
     (["--precision", "fp16"], "Invalid value for '--precision'"),
+    (["--cgn-steps", "100", "--cgn-max-steps", "50"], "--cgn-max-steps 50: expected at least the CGN's 100 steps"),
 ])
 def test_bad_choices_are_one_line_errors(tmp_path: Path, args: list[str], message: str) -> None:
     result = CliRunner().invoke(cli, ["bench", "table1", *args, "--out", str(tmp_path / "t")])

@@ -322,6 +322,13 @@ def _binary_masks(digits: torch.Tensor) -> torch.Tensor:
     return (_resize32(digits) > BINARY_THRESHOLD).unsqueeze(1)
 
 
+def digit_masks(split: str = "train", mnist_root: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every digit of MNIST's official `split` as the bool (N, 1, 32, 32) stroke mask a two-factor set
+    paints, with its label: what a CGN's shape mechanism should draw for do(shape=label)."""
+    digits, labels = load_mnist(split, mnist_root)
+    return _binary_masks(digits), labels
+
+
 def _colour_painter(shift: int) -> Painter:
     """Palette entry (class + shift) % 10 plus per-sample jitter, as one flat colour per image."""
     def paint(index: torch.Tensor, g: torch.Generator) -> Callable[[slice], torch.Tensor]:
