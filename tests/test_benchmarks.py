@@ -17,6 +17,7 @@ import double_colored_bound
 import ema_fidelity
 import engine_overhead
 import mask_orientation
+import mask_readability
 import mnist_classifier_step
 import mnist_throughput
 import real_half_shortcut
@@ -69,17 +70,34 @@ def test_mask_orientation_runs_and_orients(tmp_path: Path) -> None:
     assert all(0.0 <= r["fidelity"] <= 1.0 and 0.0 <= r["test_accuracy"] <= 1.0 for r in result.values())
 
 
-def test_ema_fidelity_reads_the_live_and_the_averaged_weights(tmp_path: Path) -> None:
+def _tiny_cgn_run(folder: Path) -> Path:
+    """A double-colored CGN trained 3 steps into `folder` (model/ and checkpoints/step_0000003)."""
     from scmgen.model import SCM
     from scmgen.training_run import train_run
 
     graph = ROOT / "graphs" / "cgn_double_colored_mnist.yaml"
     model = SCM.from_yaml(graph, ["train.steps=3", "train.batch_size=8", "train.ema=0.5", "train.sample_every=0",
                                   "train.checkpoint_every=0"])
-    train_run(model, graph, tmp_path / "run", progress=False)
-    result = ema_fidelity.main([str(tmp_path / "run"), "--per-class", "3", "--limit", "200", "--out", "-"])
+    train_run(model, graph, folder, progress=False)
+    return folder
+
+
+def test_ema_fidelity_reads_the_live_and_the_averaged_weights(tmp_path: Path) -> None:
+    run = _tiny_cgn_run(tmp_path / "run")
+    result = ema_fidelity.main([str(run), "--per-class", "3", "--limit", "200", "--out", "-"])
     assert list(result) == ["live weights (step_0000003)", "moving average (model/)"]
     assert all(0.0 <= r["fidelity"] <= 1.0 and len(r["per_class"]) == 10 for r in result.values())
+
+
+def test_mask_readability_reads_models_and_checkpoints(tmp_path: Path) -> None:
+    run = _tiny_cgn_run(tmp_path / "run")
+    folders = [str(run / "model"), str(run / "checkpoints" / "step_0000003")]
+    out = tmp_path / "RESULTS.md"
+    result = mask_readability.main([*folders, "--per-class", "3", "--limit", "200", "--out", str(out)])
+    assert list(result) == folders
+    assert all(len(r) == 10 and all(0.0 <= v <= 1.0 for v in r) for r in result.values())
+    text = out.read_text()
+    assert "## Mask readability of trained CGNs" in text and f"| `{folders[1]}` |" in text
 
 
 def test_double_colored_bound_counts_the_same_colour_images() -> None:
