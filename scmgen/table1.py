@@ -1,7 +1,8 @@
 """`scmgen bench table1`: the CGN paper's Table 1 reproduced through the engine, with cached stages.
 
 For every data set (colored, double-colored, Wildlife MNIST) and seed the stages are:
-  cgn             train the shipped graph graphs/cgn_<data set>.yaml          (scmgen.training_run)
+  cgn             train the shipped graph graphs/cgn_<data set>.yaml          (scmgen.training_run),
+                  then read its masks; train on while a class's are unreadable (mechanisms.mnist.mask_reader)
   gan             train graphs/cgan_mnist.yaml on the same data                (scmgen.training_run)
   counterfactuals N images from the CGN, --per-shape per mask                 (scmgen.sampling)
   gan_samples     N images from the cGAN                                       (scmgen.sampling)
@@ -633,7 +634,8 @@ def cue_followed(predicted: torch.Tensor, data: ImageSet) -> dict[str, float]:
             for f, v in data.factors.items() if f != "shape"}
 
 
-UNREADABLE = 0.5  # a class whose counterfactuals the ceiling reads as their do(shape) less often than this
+# a class whose counterfactuals the ceiling (or whose masks the mask reader) reads as their do(shape) less often
+UNREADABLE = 0.5
 
 
 def unreadable_classes(per_class: list[float]) -> list[int]:
