@@ -95,7 +95,7 @@ def table1_command(datasets: str, methods: str, seeds: str, out: str, recipe: st
         why = {"full": "a GPU or bf16 units", "fast": "a CPU without bf16 units: fp32"}[settings.recipe]
         click.echo(f"recipe {settings.recipe}" + (f" (auto: {why})" if recipe == "auto" else "")
                    + f": CGN {settings.cgn_steps} steps (up to {settings.cgn_steps_at_most()} when a digit's masks are "
-                   "unreadable), cGAN {settings.gan_steps or 'its graph'} steps, classifiers "
+                   f"unreadable), cGAN {settings.gan_steps or 'its graph'} steps, classifiers "
                    f"{settings.epochs} epoch(s) (counterfactuals only and the ceiling: {settings.row_epochs('cgn_only')}, "
                    f"Original + CGN: {settings.row_epochs('cgn')})", err=True)
     workers = workers or default_workers(device)

@@ -365,6 +365,7 @@ class Table1:
         cached = _cached(folder, self.lanes_started)
         if cached:
             self._record(dataset, seed, stage, cached)
+            self._tell_mask_checks(dataset, seed, cached.get("mask_checks", []))
             return SCM.from_pretrained(folder / "model", self.s.device), folder
         self._announce(dataset, seed, f"train {graph}", self.s.units(stage))
         start = time.perf_counter()
@@ -405,12 +406,29 @@ class Table1:
             checks.append({"step": result.step, "per_class": per_class, "unreadable": unreadable_classes(per_class),
                            "reader_test_accuracy": reader_accuracy})
             if not checks[-1]["unreadable"] or result.step >= most:
+                if checks[-1]["unreadable"]:
+                    self._tell_mask_checks(dataset, seed, checks)
                 return model, result, checks, seconds
             target = min(most, planned + chunk * ((result.step - planned) // chunk + 1))
             self.console.print(f"[yellow]warning[/] {DATASETS[dataset].title} seed {seed}: at step {result.step} the "
                                f"CGN's masks of {_unreadable(checks[-1])}; training on to step {target}")
             model, result = self._fit(path, folder, [*overrides, f"train.steps={target}"])
             seconds += result.seconds
+
+    def _tell_mask_checks(self, dataset: str, seed: int, checks: list[dict[str, Any]]) -> None:
+        """A line for a CGN that the mask check trained on or left unreadable: parallel lanes print nothing
+        while they train, so the pass that assembles their cache says it."""
+        if len(checks) < 2 and not (checks and checks[-1]["unreadable"]):
+            return
+        first, last = checks[0], checks[-1]
+        text = f"at step {first['step']} the CGN's masks of {_unreadable(first)}"
+        if len(checks) == 1:
+            text += "; --cgn-max-steps allows no more steps"
+        else:
+            text += (f"; it trained on to step {last['step']}"
+                     + (f", the most --cgn-max-steps allows, where {_unreadable(last)}" if last["unreadable"]
+                        else ", where every class reads"))
+        self.console.print(f"[yellow]warning[/] {DATASETS[dataset].title} seed {seed}: {text}")
 
     @functools.cached_property
     def _mask_reader(self) -> tuple[InvariantClassifier, float]:

@@ -127,6 +127,29 @@ def test_the_mask_check_stops_training_on_once_every_digit_reads(tmp_path: Path,
             "(lowest: 0, 90%)") in text
 
 
+def test_the_recipe_line_states_the_budget(tmp_path: Path) -> None:
+    args = [a for a in TINY if a != "--quiet"]
+    result = CliRunner().invoke(cli, ["bench", "table1", *args, "--methods", "original", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert ("CGN 2 steps (up to 4 when a digit's masks are unreadable), cGAN 2 steps, classifiers 1 epoch(s) "
+            "(counterfactuals only and the ceiling: 2, Original + CGN: 3)") in " ".join(result.output.split())
+
+
+def test_the_mask_check_is_told_when_it_trained_on_or_gave_up(tmp_path: Path) -> None:
+    text = io.StringIO()
+    table = Table1(Settings(), tmp_path, progress=False, console=Console(file=text, width=400), writes=False)
+    bad, good = {"step": 2000, "per_class": [0.9] * 5 + [0.3] + [0.9] * 4, "unreadable": [5]}, {
+        "step": 3000, "per_class": [0.9] * 10, "unreadable": []}
+    for checks in ([good], [bad, good], [bad, {**bad, "step": 4000}], [bad]):
+        table._tell_mask_checks("double_colored", 2, checks)
+    mended, gave_up, no_room = text.getvalue().splitlines()  # a CGN read at once says nothing
+    assert mended.endswith("seed 2: at step 2000 the CGN's masks of do(shape=5) read as their digit 30% of the time; "
+                           "it trained on to step 3000, where every class reads")
+    assert gave_up.endswith("it trained on to step 4000, the most --cgn-max-steps allows, where do(shape=5) read as "
+                            "their digit 30% of the time")
+    assert no_room.endswith("30% of the time; --cgn-max-steps allows no more steps")
+
+
 def test_the_mask_reader_reads_the_masks_drawn_under_do_shape() -> None:
     from mechanisms.mnist.mask_reader import mask_images, mask_readability
     from scmgen.model import SCM
@@ -151,6 +174,8 @@ def test_a_rerun_reuses_every_finished_stage(bench: tuple[Path, dict]) -> None:
     again = json.loads((out / "table1.json").read_text())["datasets"]["double_colored"]
     assert all(s["cached"] for s in again["stages"]["0"].values())
     assert all(r["0"]["cached"] for r in again["rows"].values())
+    # what the mask check did is said again, as after parallel lanes, which print nothing while they train
+    assert "it trained on to step 4, the most --cgn-max-steps allows, where do(shape=" in " ".join(result.output.split())
     for key, per_seed in first["datasets"]["double_colored"]["rows"].items():
         assert again["rows"][key]["0"]["test_accuracy"] == per_seed["0"]["test_accuracy"]
 
