@@ -190,12 +190,13 @@ class EncoderTraining:
 
 
 def train_encoder(model: SCM, steps: int = 600, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,
-                  reconstruction_weight: float = 1.0, precision: str = "bf16",
+                  reconstruction_weight: float = 1.0, precision: str = "auto",
                   progress: bool = True) -> tuple[Encoder, EncoderTraining]:
     """Train an encoder for `model` on its own samples (labels independent per node). Loss: noise
     regression (MSE) + label cross-entropy + L1 of the image regenerated from the predicted noise
     and the true labels through the frozen SCM, which teaches it the noise that matters to the image.
-    `precision` bf16 runs the passes under autocast (about 2x faster on CPUs with bf16 units)."""
+    `precision` bf16 runs the passes under autocast (about 2x faster on CPUs with bf16 units); auto
+    picks it only where the device computes bf16 natively (emulated, it is many times slower)."""
     import time
 
     with torch.random.fork_rng(devices=[]):
@@ -351,13 +352,14 @@ class Abduction:
 
 def abduct(model: SCM, encoder: Encoder, images: torch.Tensor, steps: int = 0, *,
            distance: ImageDistance | None = None, lr: float = 0.2, perceptual_weight: float = 1.0,
-           prior_weight: float = 1e-3, top_k: int = 1, batch_size: int = 256, precision: str = "bf16") -> Abduction:
+           prior_weight: float = 1e-3, top_k: int = 1, batch_size: int = 256, precision: str = "auto") -> Abduction:
     """Infer noise and labels of `images` (N, C, H, W in [-1, 1]): the encoder's prediction, the
     labels as its argmax (or, with `top_k` > 1, per label node the one of its top k classes that
     reconstructs best), then `steps` Adam steps on the noise against L1 + perceptual_weight *
     LPIPS + prior_weight * |u|^2 / dim. Each image keeps its best noise seen, so refinement never
-    makes its objective worse. Works in batches of `batch_size`; `precision` bf16 runs the
-    optimisation under autocast, while the reported reconstruction and errors are fp32."""
+    makes its objective worse. Works in batches of `batch_size`; `precision` bf16 (auto: where the
+    device computes it natively) runs the optimisation under autocast, while the reported
+    reconstruction and errors are fp32."""
     distance = distance or ImageDistance().to(model.device)
     parts = [_abduct_batch(model, encoder, images[i:i + batch_size].to(model.device), steps, distance, lr,
                            perceptual_weight, prior_weight, top_k, precision)

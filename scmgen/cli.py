@@ -166,7 +166,8 @@ def train(graph: str, overrides: tuple[str, ...], out: str | None, resume: bool,
         return
     state = "interrupted at" if result.interrupted else "finished"
     where = f"model: {out_dir / 'model'}; counterfactual grid: {out_dir / 'counterfactuals.png'}"
-    click.echo(f"{state} step {result.step}/{result.total_steps} in {result.seconds:.1f} s; {where}")
+    timed = f" ({result.steps_run} steps from step {result.start_step})" if result.start_step else ""
+    click.echo(f"{state} step {result.step}/{result.total_steps} in {result.seconds:.1f} s{timed}; {where}")
     if result.interrupted:
         sys.exit(130)
 

@@ -345,6 +345,11 @@ class Table1:
     def _finish_unit(self) -> None:
         self.done_units += self._units
 
+    def _extend_unit(self, units: float) -> None:
+        """Work the plan did not foresee (a CGN that trains on): the time left grows by its share."""
+        self._units += units
+        self.total_units += units
+
     # -- stages ---------------------------------------------------------------------------------
     def _stage_dir(self, dataset: str, seed: int, name: str, **params: Any) -> tuple[Path, dict[str, Any]]:
         params = {"stage": name, "dataset": dataset, "seed": seed, **params}
@@ -371,13 +376,14 @@ class Table1:
         start = time.perf_counter()
         model, result = self._fit(path, folder, overrides)
         info: dict[str, Any] = {"params": params}
-        train_seconds = result.seconds
+        timed = (result.steps_run, result.seconds)  # a resumed stage timed only the steps it ran
         if stage == "cgn":
             model, result, info["mask_checks"], more = self._train_until_readable(dataset, seed, path, folder,
                                                                                    overrides, model, result)
-            train_seconds += more
-        info.update(seconds=round(time.perf_counter() - start, 1), steps=result.step,
-                    images_per_second=round(result.step * model.spec.train.batch_size / train_seconds, 1))
+            timed = (timed[0] + more[0], timed[1] + more[1])
+        speed = round(timed[0] * model.spec.train.batch_size / timed[1], 1) if timed[0] else None
+        info.update(seconds=round(time.perf_counter() - start, 1), steps=result.step, steps_timed=timed[0],
+                    images_per_second=speed)
         _write_stage(folder, info)
         self._record(dataset, seed, stage, info)
         self._finish_unit()
@@ -392,14 +398,15 @@ class Table1:
         return model, result
 
     def _train_until_readable(self, dataset: str, seed: int, path: Path, folder: Path, overrides: list[str],
-                              model: SCM, result: TrainResult) -> tuple[SCM, TrainResult, list[dict[str, Any]], float]:
+                              model: SCM, result: TrainResult
+                              ) -> tuple[SCM, TrainResult, list[dict[str, Any]], tuple[int, float]]:
         """Read the trained CGN's masks (mechanisms.mnist.mask_reader); while a class is unreadable and
         Settings.cgn_max_steps allows, train on from the last checkpoint, half the planned steps at a time.
-        Returns the model, its last training result, every check and the seconds trained on."""
+        Returns the model, its last training result, every check and the (steps, seconds) trained on."""
         from mechanisms.mnist.mask_reader import mask_readability
 
         planned, most = self.s.cgn_steps_planned(), self.s.cgn_steps_at_most()
-        chunk, checks, seconds = max(1, planned // 2), [], 0.0
+        chunk, checks, steps, seconds = max(1, planned // 2), [], 0, 0.0
         reader, reader_accuracy = self._mask_reader
         while True:
             per_class = mask_readability(model, reader, precision=self.s.precision, device=self.s.device)
@@ -408,12 +415,13 @@ class Table1:
             if not checks[-1]["unreadable"] or result.step >= most:
                 if checks[-1]["unreadable"]:
                     self._tell_mask_checks(dataset, seed, checks)
-                return model, result, checks, seconds
+                return model, result, checks, (steps, seconds)
             target = min(most, planned + chunk * ((result.step - planned) // chunk + 1))
             self.console.print(f"[yellow]warning[/] {DATASETS[dataset].title} seed {seed}: at step {result.step} the "
                                f"CGN's masks of {_unreadable(checks[-1])}; training on to step {target}")
+            self._extend_unit(UNITS["cgn"] * (target - result.step))
             model, result = self._fit(path, folder, [*overrides, f"train.steps={target}"])
-            seconds += result.seconds
+            steps, seconds = steps + result.steps_run, seconds + result.seconds
 
     def _tell_mask_checks(self, dataset: str, seed: int, checks: list[dict[str, Any]]) -> None:
         """A line for a CGN that the mask check trained on or left unreadable: parallel lanes print nothing
@@ -785,7 +793,7 @@ def markdown(payload: dict[str, Any]) -> str:
         for seed, stages in record.get("stages", {}).items():
             for stage, info in stages.items():
                 lines.append(f"| {d} | {seed} | {stage} | {info.get('seconds', '-')} | "
-                             f"{info.get('images_per_second', '-')} | {'yes' if info.get('cached') else ''} |")
+                             f"{info.get('images_per_second') or '-'} | {'yes' if info.get('cached') else ''} |")
         for key, per_seed in record.get("rows", {}).items():
             for seed, row in per_seed.items():
                 lines.append(f"| {d} | {seed} | classifier {key} | {row['seconds']} | {row['images_per_second']} | "

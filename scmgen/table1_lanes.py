@@ -73,11 +73,13 @@ def _start_lane(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_part(settings: Settings, out: str, part: Part) -> float:
+def _run_part(settings: Settings, out: str, part: Part) -> tuple[float, float]:
+    """Seconds the part took, and the cost it added to its plan (a CGN that the mask check trained on)."""
     start = time.perf_counter()
     table = Table1(settings, out, progress=False, console=Console(stderr=True, quiet=True), writes=False)
+    planned = table.total_units
     table.run_part(part.dataset, part.seed, list(part.stages), list(part.methods))
-    return time.perf_counter() - start
+    return time.perf_counter() - start, table.total_units - planned
 
 
 def run_lanes(settings: Settings, out: str | Path, workers: int, progress: bool = True,
@@ -89,7 +91,7 @@ def run_lanes(settings: Settings, out: str | Path, workers: int, progress: bool 
     started, started_at, commit = time.perf_counter(), time.time(), git_commit()
     Path(out).mkdir(parents=True, exist_ok=True)
     pending, running, done = plan(settings), set[Part](), set[tuple[str, int, str]]()
-    finished: queue.Queue[tuple[Part, float | BaseException]] = queue.Queue()
+    finished: queue.Queue[tuple[Part, tuple[float, float] | BaseException]] = queue.Queue()
     pool = multiprocessing.get_context("spawn").Pool(workers, _start_lane, (threads,), maxtasksperchild=1)
     total = sum(p.cost for p in pending)
     try:
@@ -115,8 +117,11 @@ def run_lanes(settings: Settings, out: str | Path, workers: int, progress: bool 
                     raise result
                 if part.makes:
                     done.add((part.dataset, part.seed, part.makes))
-                bar.advance(task, part.cost)
-                bar.console.print(f"[bold cyan]table1[/] done: {part.describe()} ({result / 60:.1f} min)")
+                seconds, extra = result
+                total += extra  # the time left is paced by the work done, extensions included
+                bar.update(task, total=total)
+                bar.advance(task, part.cost + extra)
+                bar.console.print(f"[bold cyan]table1[/] done: {part.describe()} ({seconds / 60:.1f} min)")
     finally:
         pool.terminate()  # on an error or an interrupt, stop the other lanes: finished stages stay cached
         pool.join()

@@ -116,6 +116,12 @@ class TrainResult:
     seconds: float
     interrupted: bool
     last_losses: dict[str, float] = field(default_factory=dict)
+    start_step: int = 0  # where this call began: a resumed run's `seconds` cover only step - start_step
+
+    @property
+    def steps_run(self) -> int:
+        """The steps this call trained, the ones `seconds` timed."""
+        return self.step - self.start_step
 
 
 class Trainer:
@@ -353,7 +359,7 @@ class Trainer:
         if in_main:
             signal.signal(signal.SIGINT, request_stop)
         writer = self._writer()
-        start = time.perf_counter()
+        start, start_step = time.perf_counter(), self.step
         losses: dict[str, float] = {}
         try:
             with progress_bar(self.progress, "losses") as progress:
@@ -386,7 +392,7 @@ class Trainer:
         if self.average is not None:  # the checkpoint keeps the live weights to resume from; the model gets the average
             self.average.copy_to(self._trained())
         self.model.eval()
-        return TrainResult(self.step, self.total_steps, time.perf_counter() - start, interrupted, losses)
+        return TrainResult(self.step, self.total_steps, time.perf_counter() - start, interrupted, losses, start_step)
 
     def _log_diagnostics(self, writer: Any) -> None:
         """Every mechanism's diagnostics() (live weights) under '<node>/<name>', at checkpoints only (they cost

@@ -59,6 +59,7 @@ def train_run(model: SCM, graph_path: Path, out_dir: Path, *, resume: bool = Fal
         model.eval()
         model.save_pretrained(out_dir / "model", {"step": result.step, "seed": model.spec.train.seed,
                                                   "train_seconds": round(result.seconds, 2),
+                                                  "trained_from_step": result.start_step,
                                                   "precision": trainer.precision})
         save_image_atomic(counterfactual_grid(model, seed=0), out_dir / "counterfactuals.png")
     return result

@@ -46,7 +46,8 @@ def test_train_writes_model_grid_samples_and_logs(trained: Path) -> None:
 
 def test_resume_continues_and_refuses_to_overwrite(trained: Path, tmp_path: Path) -> None:
     out = run("train", TINY, "--out", trained, "--quiet", "--set", "train.steps=8", "--resume")
-    assert "resumed from step 6" in out and "finished step 8/8" in out
+    assert "resumed from step 6" in out and "finished step 8/8" in out and "(2 steps from step 6)" in out
+    assert json.loads((trained / "model" / "meta.json").read_text())["trained_from_step"] == 6
     err = run("train", TINY, "--out", trained, "--quiet", code=2)
     assert "already holds a training run" in err
     err = run("train", TINY, "--out", tmp_path / "fresh", "--resume", code=2)

@@ -101,6 +101,7 @@ def test_a_cgn_whose_masks_are_unreadable_trains_on_to_its_most_steps(bench: tup
     cgn = stages_of(payload)["cgn"]
     # 2 steps draw no digit: the mask check trains on, half the planned steps at a time, to twice them, and stops
     assert [c["step"] for c in cgn["mask_checks"]] == [2, 3, 4] and cgn["steps"] == 4
+    assert cgn["steps_timed"] == 4  # its images/s counts the steps trained on too
     assert all(c["unreadable"] and len(c["per_class"]) == 10 for c in cgn["mask_checks"])
     text = " ".join((out / "table1.md").read_text().split())
     first = cgn["mask_checks"][0]
@@ -125,6 +126,30 @@ def test_the_mask_check_stops_training_on_once_every_digit_reads(tmp_path: Path,
     text = " ".join((tmp_path / "table1.md").read_text().split())
     assert ("step 4: do(shape=4) read as their digit 10% of the time -> step 6: every class readable "
             "(lowest: 0, 90%)") in text
+    # a stage resumed after a crash times only the steps it ran: here none, from its last checkpoint
+    folder = next((tmp_path / "cache" / "double_colored" / "seed0").glob("cgn-*"))
+    (folder / "stage.json").unlink()
+    reads = iter([[0.9] * 10])
+    result = CliRunner().invoke(cli, ["bench", "table1", *TINY, "--methods", "cgn_only", "--cgn-steps", "4",
+                                      "--cgn-max-steps", "8", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    cgn = stages_of(json.loads((tmp_path / "table1.json").read_text()))["cgn"]
+    assert cgn["steps"] == 6 and cgn["steps_timed"] == 0 and cgn["images_per_second"] is None
+    assert "| double_colored | 0 | cgn |" in (tmp_path / "table1.md").read_text()
+
+
+def test_a_lane_reports_the_work_the_mask_check_added(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lanes' time left is paced by work done: a CGN trained on adds its steps' cost to the plan."""
+    from mechanisms.mnist import mask_reader
+    from scmgen.table1_lanes import _run_part
+
+    reads = iter([[0.9] * 4 + [0.1] + [0.9] * 5, [0.9] * 10])
+    monkeypatch.setattr(mask_reader, "mask_readability", lambda *args, **kw: next(reads))
+    settings = Settings(datasets=["double_colored"], methods=["cgn_only"], cgn_steps=4, cgn_max_steps=8,
+                        counterfactuals=100, batch_size=16, limit=200)
+    part = next(p for p in plan(settings) if p.makes == "cgn")
+    seconds, extra = _run_part(settings, str(tmp_path), part)
+    assert seconds > 0 and extra == pytest.approx(UNITS["cgn"] * 2)  # trained on from step 4 to 6
 
 
 def test_the_recipe_line_states_the_budget(tmp_path: Path) -> None:
