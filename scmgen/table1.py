@@ -163,6 +163,9 @@ BENCH_OWNED = {"train.steps": "use --cgn-steps", "train.seed": "use --seeds", "t
 # training accuracy is read on this many training images drawn at random (one standard error: 0.2 points at 97%),
 # since inference on all 60k took 20-25 s per row on one EPYC thread: a third of a one-epoch row's training
 TRAIN_ACCURACY_IMAGES = 10_000
+# validation: this many training digits with colours / textures drawn at random, as in the test set but from the
+# training split. A setting (an ablation's --cgn-set, --per-shape, ...) is chosen on it, never on the test set
+VALIDATION_IMAGES = 10_000
 
 # The table's training budget by name (`--recipe`); options given explicitly override a recipe's values.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -540,8 +543,10 @@ class Table1:
             model = InvariantClassifier("mnist.cnn", {"shape": 10})
             result = train_classifier(model, train, real_fraction=method.real_fraction, **kw)
         on_test = predictions(model, test.images, self.s.precision, self.s.device)
+        validation = random_sample(envs((0.0,))[0], VALIDATION_IMAGES, seed=1)
         row = {"train_accuracy": accuracy(model, random_sample(evaluated_on, TRAIN_ACCURACY_IMAGES), self.s.precision,
                                           self.s.device),
+               "validation_accuracy": accuracy(model, validation, self.s.precision, self.s.device),
                "test_accuracy": int((on_test == test.labels).sum()) / len(test),
                "test_follows": cue_followed(on_test, test),
                "heads": list(model.head_sizes), "target_head": model.target_head,
@@ -685,40 +690,64 @@ def mask_report(cgn: SCM) -> dict[str, list]:
 
 
 def summarise(per_seed: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Mean and (with more than one seed) standard deviation of train and test accuracy."""
+    """Mean and (with more than one seed) standard deviation of train, validation and test accuracy
+    (validation where every seed measured it: rows cached before it was)."""
     out: dict[str, Any] = {"seeds": len(per_seed)}
-    for metric in ("train_accuracy", "test_accuracy"):
-        values = [r[metric] for r in per_seed.values()]
+    for metric in ("train_accuracy", "validation_accuracy", "test_accuracy"):
+        values = [r[metric] for r in per_seed.values() if metric in r]
+        if len(values) < len(per_seed):
+            continue
         out[metric] = statistics.mean(values)
         out[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else None
     return out
 
 
+def _mean_spread(summary: dict[str, Any], metric: str) -> str:
+    """'94.3' or, over seeds, '94.3 ± 0.8' (in %)."""
+    spread = summary[f"{metric}_std"]
+    return f"{100 * summary[metric]:.1f}" + (f" ± {100 * spread:.1f}" if spread is not None else "")
+
+
 def _cell(summary: dict[str, Any] | None, paper: tuple[float, float] | None) -> str:
     """'**ours train / test** (paper train / test)', with ± the spread over seeds."""
-    def one(metric: str) -> str:
-        spread = summary[f"{metric}_std"]
-        return f"{100 * summary[metric]:.1f}" + (f" ± {100 * spread:.1f}" if spread is not None else "")
-
-    ours = "-" if summary is None else f"**{one('train_accuracy')} / {one('test_accuracy')}**"
+    ours = "-" if summary is None else \
+        f"**{_mean_spread(summary, 'train_accuracy')} / {_mean_spread(summary, 'test_accuracy')}**"
     return f"{ours} ({paper[0]:.1f} / {paper[1]:.1f})" if paper else f"{ours} (-)"
+
+
+def _method_table(payload: dict[str, Any], datasets: list[str], intro: str,
+                  cell: Callable[[dict[str, Any], str], str]) -> list[str]:
+    """A row per method of the run and a column per data set (cell(data set's record, method)), after
+    `intro`; nothing where no cell was measured."""
+    rows = [(method.title, [cell(payload["datasets"][d], key) for d in datasets])
+            for key, method in METHODS.items() if key in payload["settings"]["methods"]]
+    if all(c == "-" for _, cells in rows for c in cells):
+        return []
+    return ["", intro, "", "| method | " + " | ".join(DATASETS[d].title for d in datasets) + " |",
+            "|---|" + "---|" * len(datasets), *(f"| {title} | " + " | ".join(cells) + " |" for title, cells in rows)]
+
+
+def _validation_table(payload: dict[str, Any], datasets: list[str]) -> list[str]:
+    """Each row's validation accuracy: what an ablation of the table is chosen on."""
+    def cell(record: dict[str, Any], key: str) -> str:
+        summary = record.get("summary", {}).get(key)
+        return _mean_spread(summary, "validation_accuracy") if summary and "validation_accuracy" in summary else "-"
+
+    return _method_table(payload, datasets, f"Validation accuracy in %: {VALIDATION_IMAGES} training digits with "
+                         "colours / textures drawn at random, as in the test set (the ceiling trains on such images). "
+                         "Choose a setting on this table, never on the test column above.", cell)
 
 
 def _follows_table(payload: dict[str, Any], datasets: list[str]) -> list[str]:
     """Which nuisance factor each row's test predictions follow (mean over the seeds that measured it)."""
-    def cell(per_seed: dict[str, dict[str, Any]]) -> str:
-        measured = [r["test_follows"] for r in per_seed.values() if "test_follows" in r]
+    def cell(record: dict[str, Any], key: str) -> str:
+        measured = [r["test_follows"] for r in record.get("rows", {}).get(key, {}).values() if "test_follows" in r]
         return " · ".join(f"{f} {100 * statistics.mean(m[f] for m in measured):.1f}"
                           for f in measured[0]) if measured else "-"
 
-    rows = [(method.title, [cell(payload["datasets"][d].get("rows", {}).get(key, {})) for d in datasets])
-            for key, method in METHODS.items() if key in payload["settings"]["methods"]]
-    if all(c == "-" for _, cells in rows for c in cells):
-        return []
-    return ["", "Which shortcut the test predictions follow: % of test images classified as the class of their colour "
-            "/ texture / background where that is not their digit's (a classifier guessing at random: about 9 each).",
-            "", "| method | " + " | ".join(DATASETS[d].title for d in datasets) + " |", "|---|" + "---|" * len(datasets),
-            *(f"| {title} | " + " | ".join(cells) + " |" for title, cells in rows)]
+    return _method_table(payload, datasets, "Which shortcut the test predictions follow: % of test images classified "
+                         "as the class of their colour / texture / background where that is not their digit's (a "
+                         "classifier guessing at random: about 9 each).", cell)
 
 
 def markdown(payload: dict[str, Any]) -> str:
@@ -738,6 +767,7 @@ def markdown(payload: dict[str, Any]) -> str:
         cells = [_cell(payload["datasets"][d].get("summary", {}).get(key), DATASETS[d].paper.get(key))
                  for d in datasets]
         lines.append(f"| {method.title} | " + " | ".join(cells) + " |")
+    lines += _validation_table(payload, datasets)
     lines += _follows_table(payload, datasets)
     fidelity = {d: [r["counterfactual_shape_fidelity"] for r in payload["datasets"][d].get("rows", {})
                     .get("oracle", {}).values() if "counterfactual_shape_fidelity" in r] for d in datasets}
