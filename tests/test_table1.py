@@ -82,6 +82,7 @@ def test_every_row_is_measured_and_written_with_provenance(bench: tuple[Path, di
         assert f"| {method.title} |" in table
     assert "(97.4 / 89.0)" in table  # the paper's Original + CGN numbers beside ours
     # the validation table, which an ablation is chosen on, holds every row's measurement
+    assert "Validation accuracy in %: 200 training digits" in table and "train: on 200 training images" in table  # --limit
     validation = table[table.index("Validation accuracy in %"):].split("\n\n")[1]
     for key, method in METHODS.items():
         assert f"| {method.title} | {100 * rows[key]['0']['validation_accuracy']:.1f} |" in validation
