@@ -379,13 +379,13 @@ class Table1:
         start = time.perf_counter()
         model, result = self._fit(path, folder, overrides)
         info: dict[str, Any] = {"params": params}
-        timed = (result.steps_run, result.seconds)  # a resumed stage timed only the steps it ran
+        steps, seconds = result.steps_run, result.seconds  # a resumed stage timed only the steps it ran
         if stage == "cgn":
-            model, result, info["mask_checks"], more = self._train_until_readable(dataset, seed, path, folder,
-                                                                                   overrides, model, result)
-            timed = (timed[0] + more[0], timed[1] + more[1])
-        speed = round(timed[0] * model.spec.train.batch_size / timed[1], 1) if timed[0] else None
-        info.update(seconds=round(time.perf_counter() - start, 1), steps=result.step, steps_timed=timed[0],
+            model, result, info["mask_checks"], (more_steps, more_seconds) = self._train_until_readable(
+                dataset, seed, path, folder, overrides, model, result)
+            steps, seconds = steps + more_steps, seconds + more_seconds
+        speed = round(steps * model.spec.train.batch_size / seconds, 1) if steps else None
+        info.update(seconds=round(time.perf_counter() - start, 1), steps=result.step, steps_timed=steps,
                     images_per_second=speed)
         _write_stage(folder, info)
         self._record(dataset, seed, stage, info)
