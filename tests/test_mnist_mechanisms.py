@@ -6,7 +6,7 @@ import functools
 import pytest
 import torch
 
-from mechanisms.mnist.generators import MaskGenerator, TextureGenerator, random_cyclic_shift
+from mechanisms.mnist.generators import MaskGenerator, TextureGenerator, noise_offsets, random_cyclic_shift
 from scmgen.plugins import NodeInfo
 
 INPUTS = {"noise": NodeInfo("u", "noise", dim=8), "label": NodeInfo("y", "label", classes=4)}
@@ -61,6 +61,29 @@ def test_texture_shift_only_in_training_and_is_a_roll() -> None:
     shifted = random_cyclic_shift(x)
     for i in range(2):  # each image is one of the 16 cyclic rolls of itself
         assert any(torch.equal(shifted[i], torch.roll(x[i], (dy, dx), (1, 2))) for dy in range(4) for dx in range(4))
+
+
+def test_shifted_samples_roll_by_the_noise_uniformly_and_repeat_for_the_same_noise() -> None:
+    """shift_samples: an evaluation sample is the unshifted map rolled by an offset that the noise
+    fixes (a counterfactual keeps its texture where the factual image had it), and over N(0, 1)
+    noise every offset comes up about equally often, as training's random shift does."""
+    torch.manual_seed(0)
+    plain = TextureGenerator(INPUTS, width=8, init_size=4, out_size=16).eval()
+    shifting = TextureGenerator(INPUTS, width=8, init_size=4, out_size=16, shift_samples=True).eval()
+    shifting.load_state_dict(plain.state_dict())
+    noise, label = torch.randn(6, 8), torch.tensor([0, 1, 2, 3, 0, 1])
+    with torch.inference_mode():
+        unshifted, shifted = plain(noise, label), shifting(noise, label)
+        assert torch.equal(shifted, shifting(noise, label))
+    dy, dx = noise_offsets(noise, (16, 16))
+    for i in range(6):
+        assert torch.equal(shifted[i], torch.roll(unshifted[i], (-int(dy[i]), -int(dx[i])), (1, 2)))
+    rows, cols = noise_offsets(torch.randn(16000, 8), (16, 16))
+    for offsets in (rows, cols):
+        assert torch.bincount(offsets, minlength=16).float().div(1000).sub(1).abs().max() < 0.15
+    with pytest.raises(ValueError, match="two noise coordinates"):
+        TextureGenerator({**INPUTS, "noise": NodeInfo("u", "noise", dim=1)}, width=8, init_size=4, out_size=16,
+                         shift_samples=True)
 
 
 def test_orientation_swaps_the_textures_and_leaves_factual_images_as_they_were() -> None:

@@ -138,7 +138,12 @@ class MaskGenerator(ConditionalGenerator):
 class TextureGenerator(ConditionalGenerator):
     """A texture mechanism with CGN's MNIST texture bias: in training the map is tiled 2x2 and a
     random window cropped (a random cyclic shift per sample), so it cannot carry the digit's shape.
-    At evaluation it is deterministic, so counterfactuals reuse exactly the same texture.
+    At evaluation it is deterministic, so counterfactuals reuse exactly the same texture. With
+    `shift_samples: false` it is drawn unshifted, a fixed-phase slice of what the critic judged in
+    training; with `true` the shift stays, read off the noise (`noise_offsets`), so samples come
+    from the distribution the mechanism was trained as and the same noise still gives the same
+    texture in the same place (Wildlife MNIST's photographic textures: counterfactuals-only
+    validation accuracy +3.8 to +7.2 points on three seeds of the fast recipe, README "Texture shift").
     Used for the foreground and, in scmgen's recipes, the background too: then the mask is the
     only mechanism that can place structure, which is what makes the shape disentangle fast.
 
@@ -149,11 +154,13 @@ class TextureGenerator(ConditionalGenerator):
     digit, while test images do. Factual samples are unchanged by it."""
 
     def __init__(self, inputs: dict[str, NodeInfo], width: int = 32, init_size: int = 8, out_size: int = 32,
-                 swap_with: str | None = None, oriented_by: str | None = None) -> None:
+                 swap_with: str | None = None, oriented_by: str | None = None, shift_samples: bool = False) -> None:
         if (swap_with is None) != (oriented_by is None):
             raise ValueError("swap_with and oriented_by go together: the other texture node and the mask node")
         super().__init__(inputs, width, init_size, out_size)
-        self.swap_with, self.oriented_by = swap_with, oriented_by
+        if shift_samples and self.noise_dim < 2:
+            raise ValueError(f"shift_samples reads the shift off two noise coordinates; the noise has {self.noise_dim}")
+        self.swap_with, self.oriented_by, self.shift_samples = swap_with, oriented_by, shift_samples
         self._bound: tuple[ConditionalGenerator, MaskGenerator] | tuple[()] = ()
 
     def bind(self, mechanisms: Mapping[str, Mechanism]) -> None:
@@ -181,14 +188,29 @@ class TextureGenerator(ConditionalGenerator):
             own = ~swapped
             if own.any():
                 x[own] = super().forward(noise[own], label[own]).to(x.dtype)
-        return random_cyclic_shift(x) if self.training else x
+        if self.training:
+            return random_cyclic_shift(x)
+        return cyclic_shift(x, *noise_offsets(noise, x.shape[-2:])) if self.shift_samples else x
 
 
 def random_cyclic_shift(x: torch.Tensor) -> torch.Tensor:
-    """Roll each image by its own random (dy, dx), wrapping around: a crop of the 2x2 tiling."""
+    """Roll each image by its own random (dy, dx): a random crop of the 2x2 tiling."""
+    b, _, h, w = x.shape
+    return cyclic_shift(x, torch.randint(h, (b,), device=x.device), torch.randint(w, (b,), device=x.device))
+
+
+def noise_offsets(noise: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (dy, dx) per image from its first two noise coordinates through the standard normal CDF:
+    uniform over the positions for N(0, 1) noise, as training's random shift is, and a function of
+    the noise, so that a counterfactual keeps the factual image's texture where it was."""
+    u = torch.special.ndtr(noise[:, :2].float())
+    h, w = size
+    return (u[:, 0] * h).long().clamp_(max=h - 1), (u[:, 1] * w).long().clamp_(max=w - 1)
+
+
+def cyclic_shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Roll each image by its own (dy, dx), wrapping around: a crop of the 2x2 tiling."""
     b, c, h, w = x.shape
-    dy = torch.randint(h, (b,), device=x.device)
-    dx = torch.randint(w, (b,), device=x.device)
     rows = (torch.arange(h, device=x.device)[None, :] + dy[:, None]) % h  # (B, H)
     cols = (torch.arange(w, device=x.device)[None, :] + dx[:, None]) % w  # (B, W)
     idx = (rows[:, :, None] * w + cols[:, None, :]).view(b, 1, h * w).expand(-1, c, -1)
