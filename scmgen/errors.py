@@ -18,6 +18,10 @@ class SpecError(ScmgenError):
         where = f"{source}: {field}" if field else source
         super().__init__(f"{where}: {message}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        """Rebuilt from its three parts: a parallel lane's error must reach the parent process intact."""
+        return type(self), (self.source, self.field, self.message)
+
 
 class UsageError(ScmgenError):
     """Bad command-line input that is not about a file (conflicting flags, unknown values)."""

@@ -25,6 +25,9 @@ class UnknownPlugin(KeyError):
     def __str__(self) -> str:
         return self.args[0]
 
+    def __reduce__(self) -> tuple[type, tuple[str, str, list[str]]]:
+        return type(self), (self.kind, self.name, self.available)
+
 
 def _check_kind(kind: str) -> None:
     if kind not in KINDS:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import queue
 import signal
 import time
@@ -78,8 +79,24 @@ def _run_part(settings: Settings, out: str, part: Part) -> tuple[float, float]:
     start = time.perf_counter()
     table = Table1(settings, out, progress=False, console=Console(stderr=True, quiet=True), writes=False)
     planned = table.total_units
-    table.run_part(part.dataset, part.seed, list(part.stages), list(part.methods))
+    try:
+        table.run_part(part.dataset, part.seed, list(part.stages), list(part.methods))
+    except Exception as error:
+        if not _crosses_processes(error):
+            raise RuntimeError(f"{type(error).__name__}: {error}") from None
+        raise
     return time.perf_counter() - start, table.total_units - planned
+
+
+def _crosses_processes(error: BaseException) -> bool:
+    """Whether `error` survives the pickling that carries it to the parent. One that does not (its
+    class's constructor takes more than the message) would kill the pool's result thread, and the
+    table would wait for its lane forever."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return False
+    return True
 
 
 def run_lanes(settings: Settings, out: str | Path, workers: int, progress: bool = True,

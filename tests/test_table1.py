@@ -2,6 +2,7 @@
 result files carry their provenance, and a rerun reuses every cached stage."""
 import io
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -255,6 +256,39 @@ def test_parallel_lanes_fill_the_cache_a_single_process_reads(tmp_path: Path) ->
     assert all(s["cached"] for s in again["stages"]["0"].values())
     assert all(r["0"]["cached"] and r["0"]["test_accuracy"] == record["rows"][k]["0"]["test_accuracy"]
                for k, r in again["rows"].items())
+
+
+def test_a_lanes_bad_input_reaches_the_command_as_one_line(bench: tuple[Path, dict], tmp_path: Path) -> None:
+    """A SpecError raised in a worker process (here: a cached CGN checkpoint made by another graph)
+    crosses to the parent intact and ends the table as bad input, instead of a traceback in the pool's
+    result thread and a table waiting for that lane forever."""
+    out = tmp_path / "mismatch"
+    shutil.copytree(bench[0], out)
+    cgn = next((out / "cache" / "double_colored" / "seed0").glob("cgn-*"))
+    (cgn / "stage.json").unlink()  # resumed from its checkpoint, whose graph is checked against the shipped one
+    for graph in cgn.glob("checkpoints/step_*/graph.yaml"):
+        graph.write_text(graph.read_text().replace("shift_samples: true", "shift_samples: false"))
+    result = CliRunner().invoke(cli, ["bench", "table1", *TINY_ANY_LANES, "--methods", "cgn_only", "--workers", "2",
+                                      "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert "checkpoint is for a different graph" in result.output and "Traceback" not in result.output
+
+
+def test_errors_that_the_cli_reports_survive_pickling() -> None:
+    from scmgen.errors import SpecError
+    from scmgen.registry import UnknownPlugin
+    from scmgen.table1_lanes import _crosses_processes
+
+    for error in (SpecError("g.yaml", "nodes.x", "expected y"), UnknownPlugin("mechanisms", "nope", ["a", "b"])):
+        again = pickle.loads(pickle.dumps(error))
+        assert type(again) is type(error) and str(again) == str(error) and vars(again) == vars(error)
+        assert _crosses_processes(error)
+
+    class Strict(Exception):
+        def __init__(self, a: str, b: str) -> None:
+            super().__init__(f"{a} {b}")
+
+    assert not _crosses_processes(Strict("a", "b"))
 
 
 def test_the_lane_plan_runs_every_row_once_after_the_sets_it_reads() -> None:
