@@ -142,8 +142,8 @@ class TextureGenerator(ConditionalGenerator):
     `shift_samples: false` it is drawn unshifted, a fixed-phase slice of what the critic judged in
     training; with `true` the shift stays, read off the noise (`noise_offsets`), so samples come
     from the distribution the mechanism was trained as and the same noise still gives the same
-    texture in the same place (Wildlife MNIST's photographic textures: counterfactuals-only
-    validation accuracy +3.8 to +7.2 points on three seeds of the fast recipe, README "Texture shift").
+    texture in the same place (Wildlife MNIST's photographic textures, three seeds of the fast
+    recipe: Original + CGN validation accuracy 67.1 -> 71.8%; results/ablations/texture_shift).
     Used for the foreground and, in scmgen's recipes, the background too: then the mask is the
     only mechanism that can place structure, which is what makes the shape disentangle fast.
 
