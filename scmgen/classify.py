@@ -262,8 +262,6 @@ def _optimizer(model: nn.Module, recipe: Recipe, lr: float | None, batch_size: i
     return opt, torch.optim.lr_scheduler.StepLR(opt, recipe.step_epochs, recipe.gamma)
 
 
-
-
 def train_classifier(model: InvariantClassifier, real: DataArg | None = None, counterfactuals: DataArg | None = None,
                      *, real_fraction: float = 0.5, recipe: str = "imagenet", epochs: int | None = None,
                      batch_size: int | None = None, lr: float | None = None, image_size: int | None = None,

@@ -163,7 +163,7 @@ def test_the_recipe_line_states_the_budget(tmp_path: Path) -> None:
     args = [a for a in TINY if a != "--quiet"]
     result = CliRunner().invoke(cli, ["bench", "table1", *args, "--methods", "original", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert ("CGN 2 steps (up to 4 when a digit's masks are unreadable), cGAN 2 steps, classifiers 1 epoch(s) "
+    assert ("CGN 2 steps (up to 4 when a digit's masks are unreadable), cGAN 2 steps, classifiers 1 epoch(s) at batch 16 "
             "(counterfactuals only and the ceiling: 2, Original + CGN: 3)") in " ".join(result.output.split())
 
 
@@ -323,22 +323,23 @@ def test_auto_picks_the_recipe_that_fits_the_hour_and_options_override_it(
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
     picked = Settings.from_recipe("auto")
     assert picked.recipe == ("full" if bf16_units else "fast")
-    assert (picked.cgn_steps, picked.gan_steps, picked.epochs, picked.cf_extra_epochs) == tuple(
-        RECIPES[picked.recipe][k] for k in ("cgn_steps", "gan_steps", "epochs", "cf_extra_epochs"))
+    assert (picked.cgn_steps, picked.gan_steps, picked.epochs, picked.cf_extra_epochs, picked.batch_size) == tuple(
+        RECIPES[picked.recipe][k] for k in ("cgn_steps", "gan_steps", "epochs", "cf_extra_epochs", "batch_size"))
     # fp32 asked for on a CPU with bf16 units is as slow as a CPU without them
     assert Settings.from_recipe("auto", precision="fp32").recipe == "fast"
     assert Settings.from_recipe("auto", device="cuda").recipe == "full"
-    mixed = Settings.from_recipe("fast", epochs=3, gan_steps=None, cf_extra_epochs=0)
-    assert (mixed.recipe, mixed.epochs, mixed.cgn_steps, mixed.gan_steps, mixed.cf_extra_epochs) == (
-        "fast", 3, RECIPES["fast"]["cgn_steps"], RECIPES["fast"]["gan_steps"], 0)
+    mixed = Settings.from_recipe("fast", epochs=3, gan_steps=None, cf_extra_epochs=0, batch_size=64)
+    assert (mixed.recipe, mixed.epochs, mixed.cgn_steps, mixed.gan_steps, mixed.cf_extra_epochs, mixed.batch_size) == (
+        "fast", 3, RECIPES["fast"]["cgn_steps"], RECIPES["fast"]["gan_steps"], 0, 64)
     with pytest.raises(UsageError, match="--recipe quick"):
         Settings.from_recipe("quick")
     # the CLI's help states the recipes' numbers
     help_text = " ".join(CliRunner().invoke(cli, ["bench", "table1", "--help"]).output.split())
     full, fast = RECIPES["full"], RECIPES["fast"]
-    assert f"full (CGN {full['cgn_steps']} steps" in help_text and f"classifier {full['epochs']} epochs)" in help_text
-    assert (f"fast ({fast['cgn_steps']}, {fast['gan_steps']}, {fast['epochs']}; the rows that read counterfactuals "
-            f"{fast['cf_extra_epochs']} more)") in help_text and full["cf_extra_epochs"] == 0
+    assert f"full (CGN {full['cgn_steps']} steps" in help_text
+    assert f"classifier {full['epochs']} epochs at batch {full['batch_size']})" in help_text
+    assert (f"fast ({fast['cgn_steps']}, {fast['gan_steps']}, {fast['epochs']} at batch {fast['batch_size']}; the rows "
+            f"that read counterfactuals {fast['cf_extra_epochs']} more)") in help_text and full["cf_extra_epochs"] == 0
 
 
 def test_training_accuracy_reads_a_fixed_random_sample_of_the_training_set() -> None:
