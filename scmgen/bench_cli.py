@@ -98,8 +98,8 @@ def table1_command(datasets: str, methods: str, seeds: str, out: str, recipe: st
         click.echo(f"recipe {settings.recipe}" + (f" (auto: {why})" if recipe == "auto" else "")
                    + f": CGN {settings.cgn_steps} steps (up to {settings.cgn_steps_at_most()} when a digit's masks are "
                    f"unreadable), cGAN {settings.gan_steps or 'its graph'} steps, classifiers "
-                   f"{settings.epochs} epoch(s) at batch {settings.batch_size} (counterfactuals only and the ceiling: {settings.row_epochs('cgn_only')}, "
-                   f"Original + CGN: {settings.row_epochs('cgn')})", err=True)
+                   f"{settings.epochs} epoch(s) at batch {settings.batch_size} (counterfactuals only and the ceiling: "
+                   f"{settings.row_epochs('cgn_only')}, Original + CGN: {settings.row_epochs('cgn')})", err=True)
     workers = workers or default_workers(device)
     try:
         payload = run_lanes(settings, out, workers, progress=not quiet) if workers > 1 \

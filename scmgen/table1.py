@@ -183,7 +183,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # classifiers take batches of 32 (the reference: 64): twice the steps in the same images at 0.95x the images/s,
     # and in so short a schedule the steps are what they lack. Over three seeds of double-colored and Wildlife,
     # the ceiling's training accuracy rose on all six and validation moved +0.7 / +2.0 (ceiling), +0.8 / +4.0
-    # (counterfactuals only) and +1.4 / -0.4 (Original + CGN) points (results/ablations/fast_batch32)
+    # (counterfactuals only) and +1.4 / -0.4 (Original + CGN) points on the means (results/ablations/fast_batch32)
     "fast": {"cgn_steps": 2000, "gan_steps": 500, "epochs": 1, "cf_extra_epochs": 1, "batch_size": 32},
 }
 

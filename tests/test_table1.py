@@ -88,6 +88,7 @@ def test_every_row_is_measured_and_written_with_provenance(bench: tuple[Path, di
     for key, method in METHODS.items():
         assert f"| {method.title} | {100 * rows[key]['0']['validation_accuracy']:.1f} |" in validation
     assert "Adadelta lr 3.0 (reference: 1.0; IRM (2 envs: 90%, 100%): 1.0; IRM (5 envs: 90-100%): 1.0)" in table
+    assert "x0.7 per epoch, batch 16 (reference: 64), " in table  # TINY's --batch-size, beside the reference's
     fidelity = rows["oracle"]["0"]["counterfactual_shape_fidelity"]
     assert 0.0 <= fidelity <= 1.0 and f"double-colored MNIST {100 * fidelity:.1f}%" in table
     per_class = rows["oracle"]["0"]["counterfactual_shape_fidelity_per_class"]
